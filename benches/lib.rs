@@ -1,0 +1,1 @@
+//! Benchmarks for the agentic SDK; see the `[[bench]]` targets and `docs/benchmarks.md`.

@@ -1,0 +1,1 @@
+//! Runnable examples for the agentic SDK; see the `[[example]]` targets.
