@@ -38,6 +38,12 @@
 //! | scan | [`StateStore::scan`] pages through keys with a prefix in key order; a cursor continues after the last key returned |
 //! | locks | at most one live holder; the fencing token grows with every acquisition of a name; extend and unlock with an old token fail with [`StoreError::LockLost`] |
 //!
+//! # Backends
+//!
+//! | backend | where | notes |
+//! |---|---|---|
+//! | [`MemoryStore`] | always compiled | in-process, no persistence; see its capability table |
+//!
 //! # Features
 //!
 //! | feature | what it adds |
