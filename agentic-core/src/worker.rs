@@ -1,0 +1,760 @@
+//! Workers: take tasks off the queues, run agents under a lease heartbeat, record results.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentic_queue::{Delivery, NewJob, Retry};
+use agentic_store::ScopedStore;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::agent::{Agent, AgentContext, AgentError, Task};
+use crate::event::EventKind;
+use crate::orchestrator::GoalStatus;
+use crate::records::{self, Modified};
+use crate::state::{GoalRecord, Keys, Poke, StopRecord, TaskEnvelope, TaskRecord, TaskState};
+use crate::{Error, Parts};
+
+/// Deliveries a task job may have on its queue. Runs and failures are counted in the task's
+/// record, not by the queue (an emergency stop gives jobs back without counting a failure),
+/// so this only guards against a job that cycles forever.
+pub const TASK_JOB_MAX_DELIVERIES: u32 = 1000;
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// A name for events and records (default: `worker-<random>`).
+    pub name: String,
+    /// Lease of each task; the worker heartbeats every third of it.
+    pub lease: Duration,
+    /// Longest one dequeue call waits for work.
+    pub poll_wait: Duration,
+    /// How often the emergency-stop flag is read.
+    pub stop_poll: Duration,
+    /// Most jobs taken in one dequeue (bounded also by free concurrency).
+    pub batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            name: format!("worker-{:08x}", fastrand::u32(..)),
+            lease: Duration::from_secs(30),
+            poll_wait: Duration::from_secs(1),
+            stop_poll: Duration::from_millis(200),
+            batch: 64,
+        }
+    }
+}
+
+/// Builds a [`Worker`].
+pub struct WorkerBuilder {
+    parts: Parts,
+    config: WorkerConfig,
+    agents: Vec<Arc<dyn Agent>>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("config", &self.config)
+            .field("agents", &self.agents.len())
+            .finish()
+    }
+}
+
+impl WorkerBuilder {
+    /// Registers an agent for the capabilities on its card.
+    pub fn agent(mut self, agent: impl Agent) -> Self {
+        self.agents.push(Arc::new(agent));
+        self
+    }
+
+    /// Registers a shared agent.
+    pub fn agent_arc(mut self, agent: Arc<dyn Agent>) -> Self {
+        self.agents.push(agent);
+        self
+    }
+
+    /// Replaces the settings.
+    pub fn config(mut self, config: WorkerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the task lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// Sets the worker's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Starts the worker's loops on the current tokio runtime.
+    pub fn start(self) -> Worker {
+        let keys = Keys::new(&self.parts.namespace);
+        let shutdown = CancellationToken::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let inner = Arc::new(WorkerInner {
+            parts: self.parts,
+            keys,
+            config: self.config,
+            stopped: stop_rx,
+            shutdown: shutdown.clone(),
+        });
+        let mut handles = Vec::new();
+        handles.push(AbortOnDropHandle::new(tokio::spawn(watch_stop_flag(
+            Arc::clone(&inner),
+            stop_tx,
+        ))));
+        for agent in self.agents {
+            let card = agent.card();
+            // One semaphore per agent, shared by its capabilities: the card's concurrency is
+            // per agent on this worker, whatever queue the work comes from.
+            let permits = Arc::new(Semaphore::new(card.max_concurrency.max(1)));
+            for capability in &card.capabilities {
+                handles.push(AbortOnDropHandle::new(tokio::spawn(consume(
+                    Arc::clone(&inner),
+                    Arc::clone(&agent),
+                    card.name.clone(),
+                    capability.clone(),
+                    Arc::clone(&permits),
+                ))));
+            }
+        }
+        Worker {
+            inner,
+            handles: Mutex::new(handles),
+        }
+    }
+}
+
+/// Runs agents. Dropping a `Worker` aborts its loops and running agents at once, like a
+/// crash: their leases expire and the tasks are redelivered elsewhere. Call
+/// [`Worker::shutdown`] to stop gracefully (running tasks are given back to the queue).
+pub struct Worker {
+    inner: Arc<WorkerInner>,
+    handles: Mutex<Vec<AbortOnDropHandle<()>>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.inner.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A builder over `parts`.
+    pub fn builder(parts: Parts) -> WorkerBuilder {
+        WorkerBuilder {
+            parts,
+            config: WorkerConfig::default(),
+            agents: Vec::new(),
+        }
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    /// Stops taking work, cancels running agents and gives their tasks back to the queue
+    /// (no failure counted), then waits for the loops to end.
+    pub async fn shutdown(self) {
+        self.inner.shutdown.cancel();
+        let handles = match self.handles.lock() {
+            Ok(mut h) => std::mem::take(&mut *h),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+}
+
+struct WorkerInner {
+    parts: Parts,
+    keys: Keys,
+    config: WorkerConfig,
+    stopped: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+}
+
+/// Mirrors the store's emergency-stop flag into a watch channel, so every loop and running
+/// task reacts to it without reading the store itself.
+async fn watch_stop_flag(inner: Arc<WorkerInner>, tx: watch::Sender<bool>) {
+    let key = inner.keys.stop();
+    loop {
+        match records::read::<StopRecord>(&*inner.parts.store, &key).await {
+            Ok(rec) => {
+                let stopped = rec.is_some_and(|(r, _)| r.stopped);
+                tx.send_if_modified(|v| {
+                    let changed = *v != stopped;
+                    *v = stopped;
+                    changed
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the emergency-stop flag"),
+        }
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(inner.config.stop_poll) => {}
+        }
+    }
+}
+
+async fn consume(
+    inner: Arc<WorkerInner>,
+    agent: Arc<dyn Agent>,
+    agent_name: String,
+    capability: String,
+    permits: Arc<Semaphore>,
+) {
+    let queue_name = inner.keys.task_queue(&capability);
+    let mut stopped = inner.stopped.clone();
+    // Runs live in this set: when the loop is aborted (the Worker dropped) the set is
+    // dropped too and every run is aborted with it, exactly like a crashed process.
+    let mut runs = JoinSet::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        while runs.try_join_next().is_some() {}
+        if inner.shutdown.is_cancelled() {
+            break;
+        }
+        if *stopped.borrow_and_update() {
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => break,
+                _ = stopped.changed() => continue,
+            }
+        }
+        let first = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = inner.shutdown.cancelled() => break,
+        };
+        let mut held = vec![first];
+        while held.len() < inner.config.batch.max(1) {
+            match Arc::clone(&permits).try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let result = tokio::select! {
+            r = inner.parts.queue.dequeue(&queue_name, held.len(), inner.config.lease, inner.config.poll_wait) => r,
+            _ = inner.shutdown.cancelled() => break,
+            _ = stopped.changed() => continue,
+        };
+        match result {
+            Ok(deliveries) => {
+                backoff = Duration::from_millis(50);
+                for (delivery, permit) in deliveries.into_iter().zip(held.drain(..)) {
+                    let inner = Arc::clone(&inner);
+                    let agent = Arc::clone(&agent);
+                    let agent_name = agent_name.clone();
+                    runs.spawn(async move {
+                        handle_delivery(&inner, &*agent, &agent_name, delivery).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Err(e) => {
+                // A broker hiccup must never end the loop: log, back off, try again.
+                tracing::warn!(queue = %queue_name, error = %e, "dequeue failed; retrying");
+                tokio::select! {
+                    _ = inner.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    // Graceful shutdown: let running tasks see the cancellation and give their jobs back.
+    while runs.join_next().await.is_some() {}
+}
+
+/// Why a run was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutShort {
+    Stop,
+    Shutdown,
+    GoalEnded,
+    LeaseLost,
+}
+
+async fn handle_delivery(
+    inner: &WorkerInner,
+    agent: &dyn Agent,
+    agent_name: &str,
+    delivery: Delivery,
+) {
+    let queue = &inner.parts.queue;
+    let events = &inner.parts.events;
+    let lease = delivery.lease.clone();
+    let envelope: TaskEnvelope = match serde_json::from_slice(&delivery.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = format!("undecodable task payload: {e}");
+            events.emit_with(None, None, || EventKind::PoisonMessage {
+                queue: lease.queue.clone(),
+                reason: reason.clone(),
+            });
+            if let Err(e) = queue.nack(&lease, Retry::DeadLetter, &reason).await {
+                tracing::warn!(error = %e, "could not dead-letter a poison task job");
+            }
+            return;
+        }
+    };
+    if let Err(e) = run_task(inner, agent, agent_name, &delivery, &envelope).await {
+        // Store or queue trouble: give the job back for a later try rather than lose it.
+        tracing::warn!(goal = %envelope.goal, task = %envelope.task, error = %e, "task handling failed; job returned to the queue");
+        let _ = queue
+            .nack(
+                &lease,
+                Retry::After(Duration::from_millis(500)),
+                &e.to_string(),
+            )
+            .await;
+    }
+}
+
+async fn run_task(
+    inner: &WorkerInner,
+    agent: &dyn Agent,
+    agent_name: &str,
+    delivery: &Delivery,
+    env: &TaskEnvelope,
+) -> Result<(), Error> {
+    let store = &*inner.parts.store;
+    let queue = &inner.parts.queue;
+    let events = &inner.parts.events;
+    let lease = &delivery.lease;
+    if *inner.stopped.borrow() {
+        queue
+            .nack(lease, Retry::After(Duration::ZERO), "emergency stop")
+            .await?;
+        return Ok(());
+    }
+    let goal_key = inner.keys.goal(&env.goal);
+    let task_key = inner.keys.task(&env.goal, &env.task);
+    let Some((goal, _)) = records::read::<GoalRecord>(store, &goal_key).await? else {
+        let reason = format!("goal {} does not exist", env.goal);
+        queue.nack(lease, Retry::DeadLetter, &reason).await?;
+        events.emit_with(Some(&env.goal), Some(&env.task), || {
+            EventKind::TaskDeadLettered { reason }
+        });
+        return Ok(());
+    };
+    if goal.status != GoalStatus::Running {
+        let reason = format!("goal is {:?}", goal.status);
+        cancel_record(store, &task_key, &reason).await?;
+        queue.ack(lease).await.or_else(ignore_lease_lost)?;
+        poke(inner, env).await?;
+        return Ok(());
+    }
+
+    // Claim the task. A record still `Running` means the previous run's worker stopped
+    // heartbeating (it died or stalled past its lease): that run counts as a failure.
+    let max_attempts = env.retry.max_attempts.max(1);
+    let worker_name = inner.config.name.clone();
+    let claimed = records::modify::<TaskRecord, _>(store, &task_key, |r| match r.state {
+        TaskState::Queued => {
+            r.state = TaskState::Running;
+            r.runs += 1;
+            r.worker = Some(worker_name.clone());
+            r.updated_ms = crate::event::now_ms();
+            true
+        }
+        TaskState::Running => {
+            r.failures += 1;
+            r.error = Some(format!(
+                "run {} was abandoned: its worker {} stopped heartbeating and the lease expired",
+                r.runs,
+                r.worker.as_deref().unwrap_or("?")
+            ));
+            if r.failures >= max_attempts {
+                r.state = TaskState::Failed;
+            } else {
+                r.runs += 1;
+                r.worker = Some(worker_name.clone());
+            }
+            r.updated_ms = crate::event::now_ms();
+            true
+        }
+        _ => false,
+    })
+    .await?;
+    let record = match claimed {
+        Modified::Missing => {
+            let reason = format!("task {} has no record in goal {}", env.task, env.goal);
+            queue.nack(lease, Retry::DeadLetter, &reason).await?;
+            events.emit_with(Some(&env.goal), Some(&env.task), || {
+                EventKind::TaskDeadLettered { reason }
+            });
+            return Ok(());
+        }
+        Modified::Unchanged(r) if r.state.is_terminal() => {
+            // A duplicate delivery of a finished task (e.g. the ack was lost): finish the job
+            // and repeat the poke in case the first one was lost too.
+            queue.ack(lease).await.or_else(ignore_lease_lost)?;
+            poke(inner, env).await?;
+            return Ok(());
+        }
+        Modified::Unchanged(r) => {
+            let reason = format!("task is {:?}, not queued: the job is stale", r.state);
+            queue.nack(lease, Retry::DeadLetter, &reason).await?;
+            events.emit_with(Some(&env.goal), Some(&env.task), || {
+                EventKind::TaskDeadLettered { reason }
+            });
+            return Ok(());
+        }
+        Modified::Written(r) => r,
+    };
+    if record.state == TaskState::Failed {
+        let error = record.error.clone().unwrap_or_default();
+        finish_failed(inner, env, lease, record.runs, &error).await?;
+        return Ok(());
+    }
+    let my_run = record.runs;
+    events.emit_with(Some(&env.goal), Some(&env.task), || {
+        EventKind::TaskStarted {
+            agent: agent_name.to_owned(),
+            attempt: my_run,
+        }
+    });
+
+    // Run the agent under a heartbeat, the stop flag and the deadline.
+    let cancel = inner.shutdown.child_token();
+    let cut_short: Arc<Mutex<Option<CutShort>>> = Arc::new(Mutex::new(None));
+    let shared_lease = Arc::new(Mutex::new(lease.clone()));
+    let cx = AgentContext {
+        llm: Arc::clone(&inner.parts.llm),
+        store: ScopedStore::new(
+            Arc::clone(&inner.parts.store),
+            inner.keys.tenant_prefix(&env.tenant),
+        ),
+        sandbox: Arc::clone(&inner.parts.sandbox),
+        cancel: cancel.clone(),
+        events: events.clone(),
+        goal: env.goal.clone(),
+        task: env.task.clone(),
+        tenant: env.tenant.clone(),
+        queue: Arc::clone(queue),
+        root_store: Arc::clone(&inner.parts.store),
+        keys: inner.keys.clone(),
+        lease: Arc::clone(&shared_lease),
+        lease_duration: inner.config.lease,
+        delegations: Mutex::new(0),
+        poll_interval: Duration::from_millis(200),
+    };
+    let task = Task {
+        goal: env.goal.clone(),
+        id: env.task.clone(),
+        capability: env.capability.clone(),
+        input: env.input.clone(),
+        attempt: my_run,
+        max_attempts,
+        tenant: env.tenant.clone(),
+    };
+    let guard = AbortOnDropHandle::new(tokio::spawn(guard_run(
+        Arc::clone(&inner.parts.queue),
+        Arc::clone(&inner.parts.store),
+        goal_key.clone(),
+        Arc::clone(&shared_lease),
+        inner.config.lease,
+        inner.stopped.clone(),
+        cancel.clone(),
+        Arc::clone(&cut_short),
+        inner.shutdown.clone(),
+    )));
+    let started = tokio::time::Instant::now();
+    let deadline = env.deadline_ms.map(Duration::from_millis);
+    let outcome = tokio::select! {
+        r = run_with_deadline(agent, &task, &cx, deadline) => r,
+        _ = cancel.cancelled() => Err(AgentError::cancelled()),
+    };
+    drop(guard);
+    let elapsed = started.elapsed();
+    let lease = match shared_lease.lock() {
+        Ok(l) => l.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let reason = match cut_short.lock() {
+        Ok(r) => *r,
+        Err(p) => *p.into_inner(),
+    }
+    .or_else(|| inner.shutdown.is_cancelled().then_some(CutShort::Shutdown));
+
+    let mine = |r: &TaskRecord| r.state == TaskState::Running && r.runs == my_run;
+    match (outcome, reason) {
+        (_, Some(CutShort::LeaseLost)) => {
+            // Another worker owns the task now; whatever this run produced is discarded.
+            tracing::warn!(goal = %env.goal, task = %env.task, "lease lost; run discarded");
+        }
+        (_, Some(cut @ (CutShort::Stop | CutShort::Shutdown))) => {
+            // Give the task back without counting a failure: it runs again after resume.
+            records::modify::<TaskRecord, _>(store, &task_key, |r| {
+                if !mine(r) {
+                    return false;
+                }
+                r.state = TaskState::Queued;
+                r.runs -= 1;
+                r.updated_ms = crate::event::now_ms();
+                true
+            })
+            .await?;
+            let why = if cut == CutShort::Stop {
+                "emergency stop"
+            } else {
+                "worker shutting down"
+            };
+            queue
+                .nack(&lease, Retry::After(Duration::ZERO), why)
+                .await
+                .or_else(ignore_lease_lost_nack)?;
+            events.emit_with(Some(&env.goal), Some(&env.task), || {
+                EventKind::TaskCancelled {
+                    reason: format!("{why}; the task will run again"),
+                }
+            });
+        }
+        (_, Some(CutShort::GoalEnded)) => {
+            cancel_record(store, &task_key, "the goal ended while the task ran").await?;
+            queue.ack(&lease).await.or_else(ignore_lease_lost)?;
+            poke(inner, env).await?;
+        }
+        (Ok(output), None) => {
+            let written = records::modify::<TaskRecord, _>(store, &task_key, |r| {
+                if !mine(r) {
+                    return false;
+                }
+                r.state = TaskState::Succeeded;
+                r.output = Some(output.0.clone());
+                r.error = None;
+                r.updated_ms = crate::event::now_ms();
+                true
+            })
+            .await?;
+            if let Modified::Written(..) = written {
+                queue.ack(&lease).await.or_else(ignore_lease_lost)?;
+                events.emit_with(Some(&env.goal), Some(&env.task), || {
+                    EventKind::TaskCompleted {
+                        agent: agent_name.to_owned(),
+                        elapsed_ms: elapsed.as_millis() as u64,
+                    }
+                });
+                poke(inner, env).await?;
+            }
+        }
+        (Err(err), None) => {
+            let mut retry_in = None;
+            let written = records::modify::<TaskRecord, _>(store, &task_key, |r| {
+                if !mine(r) {
+                    return false;
+                }
+                r.failures += 1;
+                r.error = Some(err.message.clone());
+                r.updated_ms = crate::event::now_ms();
+                if err.retryable && r.failures < max_attempts {
+                    r.state = TaskState::Queued;
+                    retry_in = Some(env.retry.delay_after(r.failures));
+                } else {
+                    r.state = TaskState::Failed;
+                    retry_in = None;
+                }
+                true
+            })
+            .await?;
+            if let Modified::Written(r) = written {
+                match retry_in {
+                    Some(delay) => {
+                        queue
+                            .nack(&lease, Retry::After(delay), &err.message)
+                            .await
+                            .or_else(ignore_lease_lost_nack)?;
+                        events.emit_with(Some(&env.goal), Some(&env.task), || {
+                            EventKind::TaskRetried {
+                                attempt: my_run,
+                                error: err.message.clone(),
+                                delay_ms: delay.as_millis() as u64,
+                            }
+                        });
+                    }
+                    None => finish_failed(inner, env, &lease, r.runs, &err.message).await?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_with_deadline(
+    agent: &dyn Agent,
+    task: &Task,
+    cx: &AgentContext,
+    deadline: Option<Duration>,
+) -> Result<crate::TaskOutput, AgentError> {
+    match deadline {
+        None => agent.run(task, cx).await,
+        Some(d) => match tokio::time::timeout(d, agent.run(task, cx)).await {
+            Ok(r) => r,
+            Err(_) => {
+                cx.cancel.cancel();
+                Err(AgentError::retryable(format!("deadline of {d:?} exceeded")))
+            }
+        },
+    }
+}
+
+/// Heartbeats the lease, watches the stop flag and the goal's status while an agent runs;
+/// cancels the run (recording why) when any of them says stop.
+#[allow(clippy::too_many_arguments)]
+async fn guard_run(
+    queue: Arc<dyn agentic_queue::TaskQueue>,
+    store: Arc<dyn agentic_store::StateStore>,
+    goal_key: String,
+    lease: Arc<Mutex<agentic_queue::Lease>>,
+    lease_for: Duration,
+    mut stopped: watch::Receiver<bool>,
+    cancel: CancellationToken,
+    cut_short: Arc<Mutex<Option<CutShort>>>,
+    shutdown: CancellationToken,
+) {
+    let set = |why: CutShort| {
+        match cut_short.lock() {
+            Ok(mut r) => *r = Some(why),
+            Err(p) => *p.into_inner() = Some(why),
+        }
+        cancel.cancel();
+    };
+    let beat = (lease_for / 3).max(Duration::from_millis(10));
+    loop {
+        if *stopped.borrow_and_update() {
+            return set(CutShort::Stop);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return set(CutShort::Shutdown),
+            _ = stopped.changed() => continue,
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(beat) => {}
+        }
+        let current = match lease.lock() {
+            Ok(l) => l.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        match queue.extend_lease(&current, lease_for).await {
+            Ok(extended) => match lease.lock() {
+                Ok(mut l) => *l = extended,
+                Err(p) => *p.into_inner() = extended,
+            },
+            Err(agentic_queue::QueueError::LeaseLost { .. }) => return set(CutShort::LeaseLost),
+            // A transient failure: the next beat tries again, well inside the lease.
+            Err(e) => tracing::warn!(error = %e, "lease heartbeat failed"),
+        }
+        match records::read::<GoalRecord>(&*store, &goal_key).await {
+            Ok(Some((g, _))) if g.status != GoalStatus::Running => return set(CutShort::GoalEnded),
+            Ok(None) => return set(CutShort::GoalEnded),
+            _ => {}
+        }
+    }
+}
+
+async fn finish_failed(
+    inner: &WorkerInner,
+    env: &TaskEnvelope,
+    lease: &agentic_queue::Lease,
+    runs: u32,
+    error: &str,
+) -> Result<(), Error> {
+    let reason = format!("failed after {runs} run(s): {error}");
+    inner
+        .parts
+        .queue
+        .nack(lease, Retry::DeadLetter, &reason)
+        .await
+        .or_else(ignore_lease_lost_nack)?;
+    let events = &inner.parts.events;
+    events.emit_with(Some(&env.goal), Some(&env.task), || EventKind::TaskFailed {
+        attempts: runs,
+        error: error.to_owned(),
+    });
+    events.emit_with(Some(&env.goal), Some(&env.task), || {
+        EventKind::TaskDeadLettered { reason }
+    });
+    poke(inner, env).await
+}
+
+async fn cancel_record(
+    store: &dyn agentic_store::StateStore,
+    key: &str,
+    reason: &str,
+) -> Result<(), Error> {
+    records::modify::<TaskRecord, _>(store, key, |r| {
+        if r.state.is_terminal() {
+            return false;
+        }
+        r.state = TaskState::Cancelled;
+        r.error = Some(reason.to_owned());
+        r.updated_ms = crate::event::now_ms();
+        true
+    })
+    .await?;
+    Ok(())
+}
+
+/// Tells the orchestrators that a plan task changed. Subtasks are awaited by their
+/// delegating agent, not by the orchestrator.
+async fn poke(inner: &WorkerInner, env: &TaskEnvelope) -> Result<(), Error> {
+    if env.delegated {
+        return Ok(());
+    }
+    send_poke(
+        &inner.parts,
+        &inner.keys,
+        Poke {
+            goal: env.goal.clone(),
+            task: Some(env.task.clone()),
+        },
+    )
+    .await
+}
+
+pub(crate) async fn send_poke(parts: &Parts, keys: &Keys, poke: Poke) -> Result<(), Error> {
+    let payload = serde_json::to_vec(&poke).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    parts
+        .queue
+        .enqueue(
+            &keys.control_queue(),
+            NewJob::new(payload).max_attempts(TASK_JOB_MAX_DELIVERIES),
+        )
+        .await?;
+    Ok(())
+}
+
+fn ignore_lease_lost(e: agentic_queue::QueueError) -> Result<(), agentic_queue::QueueError> {
+    match e {
+        // The result is already recorded in the store by compare-and-set; a lost ack only
+        // means the queue may deliver the job once more, and that delivery will find the
+        // task finished.
+        agentic_queue::QueueError::LeaseLost { .. } => Ok(()),
+        e => Err(e),
+    }
+}
+
+fn ignore_lease_lost_nack(
+    e: agentic_queue::QueueError,
+) -> Result<agentic_queue::NackOutcome, agentic_queue::QueueError> {
+    match e {
+        agentic_queue::QueueError::LeaseLost { .. } => Ok(agentic_queue::NackOutcome::DeadLettered),
+        e => Err(e),
+    }
+}
