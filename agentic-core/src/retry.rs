@@ -70,7 +70,8 @@ impl RetryPolicy {
     /// The delay before the next attempt after `failures` failed attempts (1-based):
     /// `initial * multiplier^(failures - 1)`, capped at `max_backoff`, then jittered.
     pub fn delay_after(&self, failures: u32) -> Duration {
-        let exp = failures.saturating_sub(1).min(64) as i32;
+        // `powi` saturates to infinity for huge exponents, and the cap below takes over.
+        let exp = i32::try_from(failures.saturating_sub(1)).unwrap_or(i32::MAX);
         let multiplier = if self.multiplier.is_finite() && self.multiplier >= 1.0 {
             self.multiplier
         } else {
