@@ -91,6 +91,11 @@ pub use retry::RetryPolicy;
 pub use state::TaskState;
 pub use worker::{TASK_JOB_MAX_DELIVERIES, Worker, WorkerBuilder, WorkerConfig};
 
+// The README's examples are compiled and run as doctests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// What most programs need: `use agentic_core::prelude::*;`.
 pub mod prelude {
     pub use crate::plan::{from, from_pointer};
