@@ -64,6 +64,10 @@ mod memory;
 mod scoped;
 mod typed;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
 #[cfg(feature = "test-kit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-kit")))]
 pub mod testkit;
@@ -72,6 +76,9 @@ pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use scoped::ScopedStore;
 pub use typed::{Typed, TypedStore};
+
+#[cfg(feature = "redis")]
+pub use crate::redis::{RedisStore, RedisStoreConfig};
 
 /// A value and the version it was written at.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,51 @@
+-- Shared by every script of the Redis store (prepended by the Rust side).
+--
+-- KEYS[1] is the store's key prefix `<prefix>:{<namespace>}:`; every key shares the hash
+-- tag so a whole store namespace lives in one Redis Cluster slot (the ordered index and
+-- the version counter must be updated atomically with the value).
+--
+--   kv:<key>   hash {v = value, ver = version}, with the key's TTL if any
+--   idx        sorted set of every key (score 0, ordered by member): prefix scans in key order
+--   exp        sorted set of keys with a TTL by expiry (ms): lets writes prune the index
+--   ver        counter: versions are unique across the namespace, so they grow per key even
+--              across delete and re-create
+--   lock:<n>   the lock's token (SET NX PX); fence: counter of fencing tokens
+--   channel `<prefix>:{<namespace>}:watch`: every change, for `watch`
+
+local base = KEYS[1]
+local IDX = base .. 'idx'
+local EXP = base .. 'exp'
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function kv(key) return base .. 'kv:' .. key end
+
+-- Drops index entries of keys whose TTL passed (Redis already dropped the keys).
+local function prune(now, limit)
+  local gone = redis.call('ZRANGEBYSCORE', EXP, '-inf', now, 'LIMIT', 0, limit)
+  for _, key in ipairs(gone) do
+    if redis.call('EXISTS', kv(key)) == 0 then redis.call('ZREM', IDX, key) end
+    redis.call('ZREM', EXP, key)
+  end
+end
+
+-- A change message: op, version, key length, key, value (binary-safe, no JSON needed).
+local function publish(op, key, version, value)
+  redis.call('PUBLISH', base .. 'watch', op .. '\n' .. version .. '\n' .. #key .. '\n' .. key .. value)
+end
+
+-- nil if `expect` holds for the current version `cur` (false when absent), else an error
+-- reply naming what was found.
+local function check_expect(expect, cur)
+  if expect == 'any' then return nil end
+  if expect == 'absent' then
+    if cur then return { 'conflict', cur } end
+    return nil
+  end
+  if not cur then return { 'conflict', -1 } end
+  if cur ~= expect then return { 'conflict', cur } end
+  return nil
+end

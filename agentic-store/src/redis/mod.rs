@@ -1,0 +1,615 @@
+//! The Redis backend: versioned values changed by Lua scripts, an ordered index for prefix
+//! scans, `SET NX PX` locks with fencing tokens from `INCR`, and pub/sub for `watch`.
+//!
+//! # Key layout (one namespace)
+//!
+//! Every key carries the hash tag `{<namespace>}`, so a namespace lives in one Redis
+//! Cluster slot: the value, the ordered index and the version counter change together in
+//! one script. Scale out across slots with several namespaces.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<prefix>:{ns}:kv:<key>` | hash | `v` (the value), `ver` (its version); the key's TTL is the hash's |
+//! | `<prefix>:{ns}:idx` | sorted set | every key, score 0, so `ZRANGEBYLEX` pages through a prefix in key order |
+//! | `<prefix>:{ns}:exp` | sorted set | keys with a TTL by expiry, so writes prune index entries of expired keys |
+//! | `<prefix>:{ns}:ver` | counter | versions: unique in the namespace, so a key's version grows even across delete and re-create |
+//! | `<prefix>:{ns}:lock:<name>` | string | the holder's fencing token, with the lock's TTL (`SET NX PX`) |
+//! | `<prefix>:{ns}:fence` | counter | fencing tokens (`INCR`): strictly increasing for every lock |
+//! | channel `<prefix>:{ns}:watch` | pub/sub | every change, published by the writing script |
+//!
+//! # Why a sorted index and not `SCAN MATCH`
+//!
+//! `SCAN` walks the whole keyspace, returns keys in hash order and may return a key twice,
+//! so it cannot promise what [`StateStore::scan`] promises (key order, each key once, a
+//! cursor that is simply the last key). The index costs one `ZADD` when a key is created
+//! and one `ZREM` when it is deleted; entries of expired keys are dropped lazily (on writes
+//! and during scans).
+//!
+//! # Watch
+//!
+//! Each write publishes `op, version, key, value` on the namespace's channel; `watch`
+//! subscribes on its own connection and filters by prefix. Pub/sub is at-most-once: when
+//! the watch connection drops, the stream yields an error item and ends, and the caller
+//! re-reads and re-watches.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use redis::Value;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::{
+    Expect, LockGuard, PutOptions, ScanPage, StateStore, StoreCapabilities, StoreError, Versioned,
+    WatchEvent,
+};
+
+const COMMON: &str = include_str!("common.lua");
+
+/// Settings of [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// First part of every key.
+    pub key_prefix: String,
+    /// The namespace (the hash tag): one Redis Cluster slot per namespace.
+    pub namespace: String,
+    /// Publish every change for [`StateStore::watch`]. Costs one `PUBLISH` per write.
+    pub publish_changes: bool,
+    /// Reply timeout of one call.
+    pub response_timeout: Duration,
+    /// Timeout of one connection attempt.
+    pub connection_timeout: Duration,
+    /// Tries of one operation on transient failures.
+    pub retries: u32,
+}
+
+impl RedisStoreConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisStoreConfig {
+            url: url.into(),
+            key_prefix: "agentic".to_owned(),
+            namespace: "store".to_owned(),
+            publish_changes: true,
+            response_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(2),
+            retries: 6,
+        }
+    }
+
+    /// Sets the namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sets the key prefix.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+}
+
+struct Scripts {
+    put: redis::Script,
+    delete: redis::Script,
+    scan: redis::Script,
+    lock: redis::Script,
+    extend_lock: redis::Script,
+    unlock: redis::Script,
+}
+
+/// A [`StateStore`] on Redis. See the [module docs](self) for the layout.
+///
+/// # Capabilities
+///
+/// | capability | `RedisStore` |
+/// |---|---|
+/// | per-key TTL | yes (`PEXPIRE`) |
+/// | watch | yes (pub/sub, at-most-once: a dropped watch connection ends the stream with an error) |
+/// | persistence | whatever the server is configured for |
+/// | fencing | yes, tokens from one `INCR` counter per namespace |
+#[derive(Clone)]
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    config: Arc<RedisStoreConfig>,
+    base: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects with default settings.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(RedisStoreConfig::new(url)).await
+    }
+
+    /// Connects with the given settings. The connection reconnects by itself afterwards.
+    pub async fn connect_with(config: RedisStoreConfig) -> Result<Self, StoreError> {
+        if config.namespace.is_empty() || config.namespace.contains(['{', '}']) {
+            return Err(StoreError::Invalid(format!(
+                "namespace {:?} must be non-empty and contain no '{{' or '}}'",
+                config.namespace
+            )));
+        }
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| map_err("open the Redis URL", e))?;
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(config.connection_timeout))
+            .set_number_of_retries(config.retries as usize)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client.clone(), manager)
+            .await
+            .map_err(|e| map_err("connect to Redis", e))?;
+        let s = |body: &str| redis::Script::new(&format!("{COMMON}\n{body}"));
+        let base: Arc<str> = format!("{}:{{{}}}:", config.key_prefix, config.namespace).into();
+        Ok(RedisStore {
+            client,
+            conn,
+            base,
+            config: Arc::new(config),
+            scripts: Arc::new(Scripts {
+                put: s(include_str!("put.lua")),
+                delete: s(include_str!("delete.lua")),
+                scan: s(include_str!("scan.lua")),
+                lock: s(include_str!("lock.lua")),
+                extend_lock: s(include_str!("extend_lock.lua")),
+                unlock: s(include_str!("unlock.lua")),
+            }),
+        })
+    }
+
+    async fn run<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let mut delay = Duration::from_millis(25);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match op(self.conn.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if is_transient(&e) && attempt < self.config.retries.max(1) => {
+                    tracing::warn!(operation = what, attempt, error = %e, "Redis call failed; retrying");
+                    tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(map_err(what, e)),
+            }
+        }
+    }
+
+    fn check_key(key: &str) -> Result<(), StoreError> {
+        if key.is_empty() {
+            return Err(StoreError::Invalid("empty key".to_owned()));
+        }
+        Ok(())
+    }
+
+    fn ttl_ms(ttl: Duration) -> Result<u64, StoreError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return Err(StoreError::Invalid(
+                "a TTL must be at least 1 ms".to_owned(),
+            ));
+        }
+        // Redis refuses expiries that overflow its clock; keep well inside.
+        if ms > i64::MAX as u64 / 4 {
+            return Err(StoreError::Invalid(format!("TTL of {ttl:?} is too large")));
+        }
+        Ok(ms)
+    }
+}
+
+fn expect_arg(expect: Expect) -> String {
+    match expect {
+        Expect::Any => "any".to_owned(),
+        Expect::Absent => "absent".to_owned(),
+        Expect::Version(v) => v.to_string(),
+    }
+}
+
+fn expected_words(expect: Expect) -> String {
+    match expect {
+        Expect::Any => "anything".to_owned(),
+        Expect::Absent => "absent".to_owned(),
+        Expect::Version(v) => format!("version {v}"),
+    }
+}
+
+/// Reads `{ 'ok', n }` or `{ 'conflict', found }`.
+fn outcome(key: &str, expect: Expect, reply: Value) -> Result<i64, StoreError> {
+    let items = match reply {
+        Value::Array(items) if items.len() == 2 => items,
+        other => return Err(backend(format!("unexpected script reply: {other:?}"))),
+    };
+    let tag = string(&items[0])?;
+    let n = int(&items[1])?;
+    match tag.as_str() {
+        "ok" => Ok(n),
+        "conflict" => Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected: expected_words(expect),
+            found: (n >= 0).then_some(n as u64),
+        }),
+        other => Err(backend(format!("unexpected script reply tag {other:?}"))),
+    }
+}
+
+#[async_trait]
+impl StateStore for RedisStore {
+    fn capabilities(&self) -> StoreCapabilities {
+        StoreCapabilities {
+            per_key_ttl: true,
+            watch: self.config.publish_changes,
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        Self::check_key(key)?;
+        let k = format!("{}kv:{key}", self.base);
+        let (v, ver): (Option<Vec<u8>>, Option<u64>) = self
+            .run("get", |mut conn| {
+                let k = k.clone();
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(k)
+                        .arg("v")
+                        .arg("ver")
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        Ok(match (v, ver) {
+            (Some(v), Some(version)) => Some(Versioned {
+                value: Bytes::from(v),
+                version,
+            }),
+            _ => None,
+        })
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, opts: PutOptions) -> Result<u64, StoreError> {
+        Self::check_key(key)?;
+        let ttl = opts.ttl.map(Self::ttl_ms).transpose()?.unwrap_or(0);
+        let script = &self.scripts.put;
+        let (base, expect) = (&*self.base, expect_arg(opts.expect));
+        let publish = if self.config.publish_changes {
+            "1"
+        } else {
+            "0"
+        };
+        let (value, expect) = (&value, &expect);
+        let reply: Value = self
+            .run("put", |mut conn| async move {
+                script
+                    .key(base)
+                    .arg(key)
+                    .arg(value.as_slice())
+                    .arg(expect.as_str())
+                    .arg(ttl)
+                    .arg(publish)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        outcome(key, opts.expect, reply).map(|v| v as u64)
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> Result<bool, StoreError> {
+        Self::check_key(key)?;
+        let script = &self.scripts.delete;
+        let (base, exp) = (&*self.base, expect_arg(expect));
+        let publish = if self.config.publish_changes {
+            "1"
+        } else {
+            "0"
+        };
+        let exp = &exp;
+        let reply: Value = self
+            .run("delete", |mut conn| async move {
+                script
+                    .key(base)
+                    .arg(key)
+                    .arg(exp.as_str())
+                    .arg(publish)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        outcome(key, expect, reply).map(|n| n == 1)
+    }
+
+    async fn scan(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError> {
+        if limit == 0 {
+            return Err(StoreError::Invalid(
+                "scan limit must be at least 1".to_owned(),
+            ));
+        }
+        let script = &self.scripts.scan;
+        let base = &*self.base;
+        let cursor = cursor.unwrap_or("");
+        let reply: Value = self
+            .run("scan", |mut conn| async move {
+                script
+                    .key(base)
+                    .arg(prefix)
+                    .arg(cursor)
+                    .arg(limit)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let mut items = match reply {
+            Value::Array(items) if !items.is_empty() => items,
+            other => return Err(backend(format!("unexpected scan reply: {other:?}"))),
+        };
+        let next = items
+            .pop()
+            .map(|v| string(&v))
+            .transpose()?
+            .unwrap_or_default();
+        let mut page = ScanPage {
+            items: Vec::with_capacity(items.len() / 3),
+            next_cursor: (!next.is_empty()).then_some(next),
+        };
+        for f in items.chunks_exact(3) {
+            page.items.push((
+                string(&f[0])?,
+                Versioned {
+                    value: Bytes::from(bytes(&f[1])?),
+                    version: int(&f[2])? as u64,
+                },
+            ));
+        }
+        Ok(page)
+    }
+
+    async fn lock(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>, StoreError> {
+        Self::check_key(name)?;
+        let ms = Self::ttl_ms(ttl)?;
+        let started = tokio::time::Instant::now();
+        let script = &self.scripts.lock;
+        let base = &*self.base;
+        let token: i64 = self
+            .run("lock", |mut conn| async move {
+                script
+                    .key(base)
+                    .arg(name)
+                    .arg(ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok((token > 0).then(|| LockGuard {
+            name: name.to_owned(),
+            token: token as u64,
+            expires_at: started + ttl,
+        }))
+    }
+
+    async fn extend_lock(&self, guard: &LockGuard, ttl: Duration) -> Result<LockGuard, StoreError> {
+        let ms = Self::ttl_ms(ttl)?;
+        let started = tokio::time::Instant::now();
+        let script = &self.scripts.extend_lock;
+        let base = &*self.base;
+        let ok: i64 = self
+            .run("extend_lock", |mut conn| async move {
+                script
+                    .key(base)
+                    .arg(guard.name.as_str())
+                    .arg(guard.token)
+                    .arg(ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if ok == 1 {
+            Ok(LockGuard {
+                expires_at: started + ttl,
+                ..guard.clone()
+            })
+        } else {
+            Err(StoreError::LockLost {
+                name: guard.name.clone(),
+                token: guard.token,
+            })
+        }
+    }
+
+    async fn unlock(&self, guard: &LockGuard) -> Result<(), StoreError> {
+        let script = &self.scripts.unlock;
+        let base = &*self.base;
+        let ok: i64 = self
+            .run("unlock", |mut conn| async move {
+                script
+                    .key(base)
+                    .arg(guard.name.as_str())
+                    .arg(guard.token)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LockLost {
+                name: guard.name.clone(),
+                token: guard.token,
+            })
+        }
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+    ) -> Result<BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError> {
+        if !self.config.publish_changes {
+            return Err(StoreError::Unsupported("watch (publish_changes is off)"));
+        }
+        let mut pubsub = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| map_err("open the watch connection", e))?;
+        pubsub
+            .subscribe(format!("{}watch", self.base))
+            .await
+            .map_err(|e| map_err("subscribe for watch", e))?;
+        let prefix = prefix.to_owned();
+        let messages = pubsub.into_on_message();
+        let events = messages.filter_map(move |msg| {
+            let decoded = decode_change(msg.get_payload_bytes());
+            let keep = match &decoded {
+                Ok(ev) => event_key(ev).starts_with(&prefix),
+                Err(_) => true,
+            };
+            futures::future::ready(keep.then_some(decoded))
+        });
+        // When the subscription ends (connection lost), say so: pub/sub cannot replay.
+        let end = futures::stream::once(async {
+            Err(StoreError::Backend {
+                message: "watch connection closed; changes after this point were not seen"
+                    .to_owned(),
+                retryable: true,
+                source: None,
+            })
+        });
+        Ok(events.chain(end).boxed())
+    }
+}
+
+fn event_key(ev: &WatchEvent) -> &str {
+    match ev {
+        WatchEvent::Put { key, .. } | WatchEvent::Delete { key } => key,
+    }
+}
+
+/// Parses `op \n version \n keylen \n key value`.
+fn decode_change(payload: &[u8]) -> Result<WatchEvent, StoreError> {
+    let bad = || backend("malformed watch message".to_owned());
+    let mut parts = payload.splitn(4, |&b| b == b'\n');
+    let op = parts.next().ok_or_else(bad)?;
+    let version: u64 = std::str::from_utf8(parts.next().ok_or_else(bad)?)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let key_len: usize = std::str::from_utf8(parts.next().ok_or_else(bad)?)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let rest = parts.next().ok_or_else(bad)?;
+    if rest.len() < key_len {
+        return Err(bad());
+    }
+    let (key, value) = rest.split_at(key_len);
+    let key = String::from_utf8(key.to_vec()).map_err(|_| bad())?;
+    match op {
+        b"P" => Ok(WatchEvent::Put {
+            key,
+            value: Versioned {
+                value: Bytes::copy_from_slice(value),
+                version,
+            },
+        }),
+        b"D" => Ok(WatchEvent::Delete { key }),
+        _ => Err(bad()),
+    }
+}
+
+fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_io_error()
+        || !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
+}
+
+fn map_err(what: &str, e: redis::RedisError) -> StoreError {
+    StoreError::Backend {
+        message: format!("Redis {what} failed: {e}"),
+        retryable: is_transient(&e),
+        source: Some(Box::new(e)),
+    }
+}
+
+fn backend(message: String) -> StoreError {
+    StoreError::Backend {
+        message,
+        retryable: false,
+        source: None,
+    }
+}
+
+fn bytes(v: &Value) -> Result<Vec<u8>, StoreError> {
+    match v {
+        Value::BulkString(b) => Ok(b.clone()),
+        Value::SimpleString(s) => Ok(s.as_bytes().to_vec()),
+        Value::Int(i) => Ok(i.to_string().into_bytes()),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(backend(format!(
+            "unexpected field in script reply: {other:?}"
+        ))),
+    }
+}
+
+fn string(v: &Value) -> Result<String, StoreError> {
+    String::from_utf8(bytes(v)?)
+        .map_err(|e| backend(format!("non-UTF-8 field in script reply: {e}")))
+}
+
+fn int(v: &Value) -> Result<i64, StoreError> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => string(other)?
+            .parse()
+            .map_err(|e| backend(format!("non-integer field in script reply: {e}"))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_messages_decode() {
+        let ev = decode_change(b"P\n7\n5\nhello\x00\xffbin").unwrap();
+        assert_eq!(
+            ev,
+            WatchEvent::Put {
+                key: "hello".into(),
+                value: Versioned {
+                    value: Bytes::from_static(b"\x00\xffbin"),
+                    version: 7
+                }
+            }
+        );
+        assert!(decode_change(b"D\n3\n1\nk").is_ok());
+        assert!(decode_change(b"X\n3\n1\nk").is_err());
+        assert!(decode_change(b"P\n3\n9\nk").is_err());
+        assert!(decode_change(b"").is_err());
+    }
+}
