@@ -40,11 +40,17 @@
 //! | delays | a job with a delay is not delivered before it |
 //! | idempotency | the same idempotency key inside the dedupe window yields the same job id |
 //!
+//! # Backends
+//!
+//! | backend | feature | priorities | delays | dedupe | max lease | persistence |
+//! |---|---|---|---|---|---|---|
+//! | [`MemoryQueue`] | always built | 10 levels | yes | yes | unbounded | none |
+//!
 //! # Features
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `test-kit` | [`testkit`]: the conformance suite, generic over any [`TaskQueue`] |
+//! | `test-kit` | [`testkit`]: the conformance suite, generic over any [`TaskQueue`], and the `queue_conformance_suite!` macro that runs it |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
