@@ -66,12 +66,19 @@ use serde::{Deserialize, Serialize};
 mod error;
 mod memory;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
 #[cfg(feature = "test-kit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-kit")))]
 pub mod testkit;
 
 pub use error::QueueError;
 pub use memory::{MemoryQueue, MemoryQueueConfig};
+
+#[cfg(feature = "redis")]
+pub use crate::redis::{RedisQueue, RedisQueueConfig};
 
 /// The highest priority a job can carry. Priorities run `0..=MAX_PRIORITY`, higher first.
 pub const MAX_PRIORITY: u8 = 9;

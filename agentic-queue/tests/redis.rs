@@ -1,0 +1,419 @@
+//! `RedisQueue` against real Redis: the conformance suite unchanged (on the shared server
+//! at `AGENTIC_REDIS_URL`), then the faults, each on a private `redis-server` started on a
+//! free port so the shared one is never restarted or disturbed.
+//!
+//! Without `AGENTIC_REDIS_URL` every test prints a skip and passes; with it, a missing
+//! server or `redis-server` binary fails loudly.
+#![cfg(all(feature = "test-kit", feature = "redis"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentic_queue::{NewJob, QueueError, RedisQueue, RedisQueueConfig, Retry, TaskQueue};
+
+fn redis_url() -> Option<String> {
+    match std::env::var("AGENTIC_REDIS_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            eprintln!("SKIP redis queue: AGENTIC_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+async fn shared_queue() -> Option<RedisQueue> {
+    let url = redis_url()?;
+    // Every case uses its own queue name under this prefix and drains what it made.
+    // Idempotency keys outlive their jobs until the dedupe window ends (by design); a short
+    // window makes the tests' keys expire soon after the run instead of in 24 hours.
+    let mut config = RedisQueueConfig::new(url).key_prefix("agentic-test");
+    config.dedupe_window = Duration::from_secs(60);
+    Some(
+        RedisQueue::connect_with(config)
+            .await
+            .expect("AGENTIC_REDIS_URL is set but Redis cannot be reached"),
+    )
+}
+
+mod conformance {
+    agentic_queue::queue_conformance_suite!(make = super::shared_queue(), prefix = "redis");
+}
+
+/// A private `redis-server` on a free port, killed (and its files removed) on drop.
+struct PrivateRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateRedis {
+    /// Starts one with append-only persistence fsynced on every write, so a `SIGKILL`
+    /// loses nothing the server acknowledged.
+    fn start() -> PrivateRedis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("agentic-redis-{port}-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut me = PrivateRedis {
+            child: None,
+            port,
+            dir,
+        };
+        me.spawn();
+        me
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            // For DEBUG SLEEP in the slow-reply test (Redis 7 refuses it otherwise).
+            .args(["--enable-debug-command", "local"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "AGENTIC_REDIS_URL is set, so redis-server must be installed for the fault tests",
+            );
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("private redis-server on port {} did not come up", self.port);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no shutdown save, no goodbye to clients.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn command(&self, cmd: &mut redis::Cmd) -> redis::Value {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut c = client.get_connection().unwrap();
+        cmd.query(&mut c).unwrap()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn private_queue(server: &PrivateRedis, response_timeout: Duration) -> RedisQueue {
+    let mut config = RedisQueueConfig::new(server.url());
+    config.response_timeout = response_timeout;
+    config.max_poll_interval = Duration::from_millis(20);
+    RedisQueue::connect_with(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_holding_a_lease_loses_nothing() {
+    let Some(queue) = shared_queue().await else {
+        return;
+    };
+    let name = format!("faults-dies-{}", fastrand::u64(..));
+    queue
+        .enqueue(&name, NewJob::new(&b"work"[..]))
+        .await
+        .unwrap();
+    let dead_worker = queue
+        .dequeue(&name, 1, Duration::from_millis(300), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(dead_worker.len(), 1);
+    // The worker "dies": no ack, no heartbeat. Another worker gets the job once the lease expires.
+    let second = queue
+        .dequeue(&name, 1, Duration::from_secs(5), Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].attempt, 2);
+    assert_eq!(second[0].last_error.as_deref(), Some("lease expired"));
+    let stale = queue.ack(&dead_worker[0].lease).await.unwrap_err();
+    assert!(matches!(stale, QueueError::LeaseLost { .. }), "{stale}");
+    queue.ack(&second[0].lease).await.unwrap();
+    let stats = queue.stats(&name).await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.leased, stats.delayed, stats.dead),
+        (0, 0, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_run_loses_no_job() {
+    if redis_url().is_none() {
+        return;
+    }
+    let mut server = PrivateRedis::start();
+    let queue = private_queue(&server, Duration::from_secs(2)).await;
+    const N: usize = 10_000;
+    let jobs: Vec<NewJob> = (0..N)
+        .map(|i| NewJob::new(i.to_string().into_bytes()))
+        .collect();
+    for chunk in jobs.chunks(1000) {
+        queue
+            .enqueue_batch("restart", chunk.to_vec())
+            .await
+            .unwrap();
+    }
+    let mut done: HashSet<usize> = HashSet::new();
+    // Consume part, leaving some jobs leased (unacked) when the server dies.
+    let first = queue
+        .dequeue(
+            "restart",
+            500,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    for d in &first[..250] {
+        queue.ack(&d.lease).await.unwrap();
+        done.insert(std::str::from_utf8(&d.payload).unwrap().parse().unwrap());
+    }
+
+    server.kill();
+    server.spawn(); // same port, same directory: the AOF is replayed
+
+    // The same queue handle carries on: the connection manager reconnects by itself.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while done.len() < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {N} jobs completed",
+            done.len()
+        );
+        let batch = match queue
+            .dequeue(
+                "restart",
+                500,
+                Duration::from_secs(10),
+                Duration::from_millis(500),
+            )
+            .await
+        {
+            Ok(b) => b,
+            // A worker loop logs and tries again; it never dies of a broker restart.
+            Err(e) if e.is_retryable() => continue,
+            Err(e) => panic!("non-retryable error after restart: {e}"),
+        };
+        let leases: Vec<_> = batch.iter().map(|d| d.lease.clone()).collect();
+        for r in queue.ack_many(&leases).await {
+            r.unwrap();
+        }
+        for d in batch {
+            done.insert(std::str::from_utf8(&d.payload).unwrap().parse().unwrap());
+        }
+    }
+    assert_eq!(done.len(), N, "every job completed at least once");
+    let stats = queue.stats("restart").await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.delayed, stats.leased, stats.dead),
+        (0, 0, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_while_workers_wait() {
+    if redis_url().is_none() {
+        return;
+    }
+    let server = PrivateRedis::start();
+    let queue = Arc::new(private_queue(&server, Duration::from_secs(2)).await);
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let q = Arc::clone(&queue);
+        waiters.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while got.len() < 10 && tokio::time::Instant::now() < deadline {
+                match q
+                    .dequeue(
+                        "killed",
+                        10,
+                        Duration::from_secs(10),
+                        Duration::from_millis(300),
+                    )
+                    .await
+                {
+                    Ok(batch) => {
+                        for d in batch {
+                            q.ack(&d.lease).await.unwrap();
+                            got.push(d.payload);
+                        }
+                    }
+                    Err(e) => assert!(e.is_retryable(), "{e}"),
+                }
+                if got.len() >= 10 {
+                    break;
+                }
+            }
+            got
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Drop every client connection of the private server while the consumers wait.
+    server.command(
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes"),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let jobs: Vec<NewJob> = (0..10)
+        .map(|i| NewJob::new(format!("job-{i}").into_bytes()))
+        .collect();
+    queue.enqueue_batch("killed", jobs).await.unwrap();
+    let mut total = 0;
+    for w in waiters {
+        total += w.await.unwrap().len();
+    }
+    assert_eq!(
+        total, 10,
+        "every job is consumed exactly once after the connections were killed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_slower_than_the_timeout_is_retried_not_fatal() {
+    if redis_url().is_none() {
+        return;
+    }
+    let server = PrivateRedis::start();
+    let queue = private_queue(&server, Duration::from_millis(200)).await;
+    // The server stalls for longer than the client's timeout.
+    let url = server.url();
+    let stall = std::thread::spawn(move || {
+        let client = redis::Client::open(url).unwrap();
+        let mut c = client.get_connection().unwrap();
+        let _: redis::Value = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.6")
+            .query(&mut c)
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let enqueued = queue
+        .enqueue("slow", NewJob::new(&b"patience"[..]))
+        .await
+        .unwrap();
+    stall.join().unwrap();
+    // Retried after the timeout, the enqueue happened once: the client-made id dedupes it.
+    let got = queue
+        .dequeue(
+            "slow",
+            10,
+            Duration::from_secs(5),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job_id(), &enqueued.id);
+    queue.ack(&got[0].lease).await.unwrap();
+    let stats = queue.stats("slow").await.unwrap();
+    assert_eq!((stats.ready, stats.delayed, stats.leased), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_jobs_are_refused_and_poison_is_dead_lettered() {
+    let Some(queue) = shared_queue().await else {
+        return;
+    };
+    let name = format!("faults-poison-{}", fastrand::u64(..));
+    let max = queue.capabilities().max_payload_bytes;
+    let err = queue
+        .enqueue(&name, NewJob::new(vec![0u8; max + 1]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::PayloadTooLarge { .. }), "{err}");
+    assert_eq!(
+        queue.stats(&name).await.unwrap().ready,
+        0,
+        "nothing of a refused job is written"
+    );
+
+    queue
+        .enqueue(&name, NewJob::new(&b"\xff\xfe not what anyone expects"[..]))
+        .await
+        .unwrap();
+    let got = queue
+        .dequeue(&name, 1, Duration::from_secs(5), Duration::from_secs(1))
+        .await
+        .unwrap();
+    queue
+        .nack(
+            &got[0].lease,
+            Retry::DeadLetter,
+            "undecodable payload: expected JSON",
+        )
+        .await
+        .unwrap();
+    let dead = queue.dead_letters(&name, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "undecodable payload: expected JSON");
+    assert_eq!(
+        dead[0].payload.as_ref(),
+        b"\xff\xfe not what anyone expects"
+    );
+    // Clean up: requeue, take and ack it.
+    queue
+        .requeue_dead(&name, &[dead[0].job_id.clone()])
+        .await
+        .unwrap();
+    let again = queue
+        .dequeue(&name, 1, Duration::from_secs(5), Duration::from_secs(1))
+        .await
+        .unwrap();
+    queue.ack(&again[0].lease).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_names_with_braces_are_refused() {
+    let Some(queue) = shared_queue().await else {
+        return;
+    };
+    let err = queue
+        .enqueue("a{b}", NewJob::new(&b"x"[..]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::InvalidQueueName { .. }), "{err}");
+}
