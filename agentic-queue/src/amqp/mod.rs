@@ -1,0 +1,1 @@
+//! The RabbitMQ backend (issue #6): being implemented.

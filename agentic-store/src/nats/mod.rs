@@ -1,0 +1,1 @@
+//! The NATS KV backend (issue #7): being implemented.
