@@ -58,6 +58,9 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `test-kit` | the queue and store conformance suites (`queue::testkit`, `store::testkit`) |
+//! | `redis` | `queue::RedisQueue` and `store::RedisStore` |
+//! | `amqp` | `queue::AmqpQueue` (RabbitMQ) |
+//! | `nats` | `queue::NatsQueue` and `store::NatsStore` (NATS JetStream) |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
