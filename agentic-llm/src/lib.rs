@@ -1,11 +1,11 @@
-//! One provider-neutral chat model behind one trait, [`LlmProvider`].
+//! One provider-neutral chat model behind one trait, [`LlmProvider`], with real providers,
+//! tool calling, and the layers that make LLM calls dependable.
 //!
-//! Messages are made of content blocks (text, images, tool calls, tool results); requests
-//! carry tools with JSON Schema, a tool choice and an optional structured-output schema;
-//! answers carry a stop reason and token [`Usage`]. Streaming yields provider-neutral
-//! [`StreamEvent`]s that [`StreamAccumulator`] reassembles. HTTP providers (Anthropic,
-//! OpenAI-compatible, Ollama) come behind features; [`ScriptedProvider`] replays a script
-//! for tests, examples and offline development.
+//! Messages are made of content blocks (text, images, tool calls, tool results, thinking);
+//! requests carry tools with JSON Schema, a tool choice and an optional structured-output
+//! schema; answers carry a stop reason, token [`Usage`] and, once priced, a [`Cost`].
+//! Streaming yields provider-neutral [`StreamEvent`]s that [`StreamAccumulator`] reassembles.
+//! [`ScriptedProvider`] replays a script for tests, examples and offline development.
 //!
 //! ```
 //! use agentic_llm::{ChatRequest, ChatResponse, LlmProvider, ScriptedProvider};
@@ -21,6 +21,31 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Features
+//!
+//! | Feature     | Adds                                                                      |
+//! |-------------|---------------------------------------------------------------------------|
+//! | (always)    | the model, [`ScriptedProvider`], [`tool`] calling, every [`layers`] layer, the [`sse`] and [`ndjson`] parsers |
+//! | `anthropic` | [`anthropic::AnthropicProvider`]: Messages API, SSE streaming             |
+//! | `openai`    | [`openai::OpenAiProvider`]: Chat Completions, for OpenAI and every compatible server (vLLM, llama.cpp, LM Studio, Ollama `/v1`) |
+//! | `ollama`    | [`ollama::OllamaProvider`]: Ollama's native `/api/chat`, NDJSON streaming |
+//!
+//! The HTTP providers use `reqwest` with rustls (no OpenSSL). A default build has no HTTP
+//! client at all.
+//!
+//! # Guarantees
+//!
+//! - **Typed errors.** Every failure is one [`LlmError`]; [`LlmError::is_retryable`] and
+//!   [`LlmError::retry_after`] tell policies what to do. The provider's own error message is
+//!   kept verbatim.
+//! - **No silent truncation.** A stream that ends before its terminal event (`message_stop`,
+//!   `[DONE]`, `done: true`) is a retryable "stream ended early" error, from the provider
+//!   and again from [`collect_stream`].
+//! - **Keys stay secret.** API keys are [`ApiKey`]s: `Debug` shows `<redacted>`, they are
+//!   sent as sensitive headers, and errors never quote them.
+//! - **Deterministic time.** Every layer uses the tokio clock, so `tokio::time::pause` makes
+//!   retry, breaker, limiter, timeout and cache tests exact.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -30,14 +55,40 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+#[cfg(feature = "anthropic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "anthropic")))]
+pub mod anthropic;
 mod error;
+#[cfg(any(feature = "anthropic", feature = "openai", feature = "ollama"))]
+mod http;
+pub mod layers;
+pub mod ndjson;
+#[cfg(feature = "ollama")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ollama")))]
+pub mod ollama;
+#[cfg(feature = "openai")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openai")))]
+pub mod openai;
+pub mod retry_hint;
 mod scripted;
+mod secret;
+pub mod sse;
 pub mod stream;
+pub mod tool;
 mod types;
 
-pub use error::LlmError;
+pub use error::{ErrorBody, LlmError};
+#[cfg(any(feature = "anthropic", feature = "openai", feature = "ollama"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "anthropic", feature = "openai", feature = "ollama")))
+)]
+pub use http::HttpOptions;
+pub use schemars;
 pub use scripted::{ScriptedProvider, ScriptedReply};
+pub use secret::ApiKey;
 pub use stream::{BlockStart, StreamAccumulator, StreamEvent};
+pub use tool::{Tool, ToolError, ToolSet, run_with_tools};
 pub use types::*;
 
 /// A stream of events of one answer.
@@ -67,10 +118,30 @@ pub trait LlmProvider: Send + Sync {
 }
 
 /// Collects a stream into the complete answer.
-pub async fn collect_stream(mut events: EventStream) -> Result<ChatResponse, LlmError> {
+///
+/// A stream that ends without [`StreamEvent::MessageStop`] is an error (a retryable
+/// [`LlmError::Connection`] "stream ended early"), never a silently truncated answer.
+pub async fn collect_stream(events: EventStream) -> Result<ChatResponse, LlmError> {
+    collect_stream_with(events, |_| {}).await
+}
+
+/// Like [`collect_stream`], and calls `on_event` with every event as it arrives (to show
+/// text while it is generated).
+pub async fn collect_stream_with(
+    mut events: EventStream,
+    mut on_event: impl FnMut(&StreamEvent) + Send,
+) -> Result<ChatResponse, LlmError> {
     let mut acc = StreamAccumulator::new();
     while let Some(event) = events.next().await {
-        acc.push(&event?)?;
+        let event = event?;
+        on_event(&event);
+        acc.push(&event)?;
+        if acc.is_complete() {
+            break;
+        }
+    }
+    if !acc.is_complete() {
+        return Err(stream::ended_early("stream", "no message_stop"));
     }
     acc.finish()
 }

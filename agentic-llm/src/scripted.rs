@@ -395,6 +395,7 @@ fn block_chars(block: &ContentBlock) -> usize {
         ContentBlock::ToolUse { name, input, .. } => name.len() + input.to_string().len(),
         ContentBlock::ToolResult { content, .. } => content.iter().map(block_chars).sum(),
         ContentBlock::Thinking { thinking, .. } => thinking.chars().count(),
+        ContentBlock::RedactedThinking { data } => data.len(),
         // Images are priced by size by real providers; a flat guess is enough here.
         _ => 1000,
     }

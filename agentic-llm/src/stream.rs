@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{ChatResponse, LlmError, StopReason, Usage};
+use crate::{ChatResponse, Cost, LlmError, StopReason, Usage};
 
 /// The start of a content block in a stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,14 +19,22 @@ pub enum BlockStart {
         /// Tool name.
         name: String,
     },
-    /// Reasoning (arrives as [`StreamEvent::ThinkingDelta`]).
+    /// Reasoning (arrives as [`StreamEvent::ThinkingDelta`], then a
+    /// [`StreamEvent::SignatureDelta`]).
     Thinking,
+    /// Encrypted reasoning, complete in the start event.
+    RedactedThinking {
+        /// The opaque data to send back verbatim.
+        data: String,
+    },
 }
 
 /// One event of a streamed answer, provider-neutral.
 ///
 /// Order: `MessageStart`, then per block `BlockStart`, deltas, `BlockStop`, then
-/// `MessageDelta` (stop reason, final usage) and `MessageStop`.
+/// `MessageDelta` (stop reason, final usage), optionally `Cost` (added by a cost meter) and
+/// `MessageStop`. A stream that ends without `MessageStop` was cut off: providers report
+/// that as a retryable [`LlmError::Connection`] and [`crate::collect_stream`] refuses it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -68,6 +76,13 @@ pub enum StreamEvent {
         /// The fragment.
         thinking: String,
     },
+    /// The signature of the thinking block at `index` (sent once, after its text).
+    SignatureDelta {
+        /// Block index.
+        index: usize,
+        /// The signature, to send back with the thinking block.
+        signature: String,
+    },
     /// The block at `index` is complete.
     BlockStop {
         /// Block index.
@@ -81,6 +96,11 @@ pub enum StreamEvent {
         stop_sequence: Option<String>,
         /// Usage reported at the end (added to the start's).
         usage: Usage,
+    },
+    /// What the answer cost, priced by a cost meter (added to the response's cost).
+    Cost {
+        /// The cost.
+        cost: Cost,
     },
     /// The answer is complete.
     MessageStop,
@@ -104,7 +124,11 @@ enum PartialBlock {
         name: String,
         json: String,
     },
-    Thinking(String),
+    Thinking {
+        thinking: String,
+        signature: Option<String>,
+    },
+    RedactedThinking(String),
 }
 
 impl StreamAccumulator {
@@ -135,7 +159,13 @@ impl StreamAccumulator {
                         name: name.clone(),
                         json: String::new(),
                     },
-                    BlockStart::Thinking => PartialBlock::Thinking(String::new()),
+                    BlockStart::Thinking => PartialBlock::Thinking {
+                        thinking: String::new(),
+                        signature: None,
+                    },
+                    BlockStart::RedactedThinking { data } => {
+                        PartialBlock::RedactedThinking(data.clone())
+                    }
                 });
             }
             StreamEvent::TextDelta { index, text } => match self.slot(*index) {
@@ -151,9 +181,20 @@ impl StreamAccumulator {
                 _ => return Err(mismatch(*index, "tool input delta")),
             },
             StreamEvent::ThinkingDelta { index, thinking } => match self.slot(*index) {
-                Some(PartialBlock::Thinking(t)) => t.push_str(thinking),
-                slot @ None => *slot = Some(PartialBlock::Thinking(thinking.clone())),
+                Some(PartialBlock::Thinking { thinking: t, .. }) => t.push_str(thinking),
+                slot @ None => {
+                    *slot = Some(PartialBlock::Thinking {
+                        thinking: thinking.clone(),
+                        signature: None,
+                    });
+                }
                 Some(_) => return Err(mismatch(*index, "thinking delta")),
+            },
+            StreamEvent::SignatureDelta { index, signature } => match self.slot(*index) {
+                Some(PartialBlock::Thinking { signature: s, .. }) => {
+                    s.get_or_insert_with(String::new).push_str(signature);
+                }
+                _ => return Err(mismatch(*index, "signature delta")),
             },
             StreamEvent::BlockStop { .. } => {}
             StreamEvent::MessageDelta {
@@ -169,6 +210,10 @@ impl StreamAccumulator {
                 }
                 self.response.usage.add(usage);
             }
+            StreamEvent::Cost { cost } => {
+                let total = self.response.cost.get_or_insert_with(Cost::default);
+                total.usd += cost.usd;
+            }
             StreamEvent::MessageStop => self.stopped = true,
         }
         Ok(())
@@ -181,10 +226,16 @@ impl StreamAccumulator {
         for block in self.blocks.into_iter().flatten() {
             response.content.push(match block {
                 PartialBlock::Text(text) => crate::ContentBlock::text(text),
-                PartialBlock::Thinking(thinking) => crate::ContentBlock::Thinking {
+                PartialBlock::Thinking {
                     thinking,
-                    signature: None,
+                    signature,
+                } => crate::ContentBlock::Thinking {
+                    thinking,
+                    signature,
                 },
+                PartialBlock::RedactedThinking(data) => {
+                    crate::ContentBlock::RedactedThinking { data }
+                }
                 PartialBlock::ToolUse { id, name, json } => {
                     let input = if json.trim().is_empty() {
                         Value::Object(Default::default())
@@ -253,7 +304,10 @@ pub fn events_for(response: &ChatResponse) -> Vec<StreamEvent> {
                     partial_json: input.to_string(),
                 });
             }
-            crate::ContentBlock::Thinking { thinking, .. } => {
+            crate::ContentBlock::Thinking {
+                thinking,
+                signature,
+            } => {
                 events.push(StreamEvent::BlockStart {
                     index,
                     block: BlockStart::Thinking,
@@ -261,6 +315,18 @@ pub fn events_for(response: &ChatResponse) -> Vec<StreamEvent> {
                 events.push(StreamEvent::ThinkingDelta {
                     index,
                     thinking: thinking.clone(),
+                });
+                if let Some(signature) = signature {
+                    events.push(StreamEvent::SignatureDelta {
+                        index,
+                        signature: signature.clone(),
+                    });
+                }
+            }
+            crate::ContentBlock::RedactedThinking { data } => {
+                events.push(StreamEvent::BlockStart {
+                    index,
+                    block: BlockStart::RedactedThinking { data: data.clone() },
                 });
             }
             // Inputs only; a response never carries them, but keep indices stable.
@@ -276,6 +342,34 @@ pub fn events_for(response: &ChatResponse) -> Vec<StreamEvent> {
             ..Usage::default()
         },
     });
+    if let Some(cost) = response.cost {
+        events.push(StreamEvent::Cost { cost });
+    }
     events.push(StreamEvent::MessageStop);
     events
+}
+
+/// The error for a stream that ended before its terminal event: the connection (or the
+/// server) gave up mid-answer, so the same call may well succeed if retried.
+pub fn ended_early(provider: &str, what: &str) -> LlmError {
+    LlmError::Connection {
+        provider: provider.to_owned(),
+        message: format!("stream ended early: {what}"),
+    }
+}
+
+/// Waits for the first item of `events`: an error there becomes the call's error (so a retry
+/// or fallback can act on it before anything reached the caller), anything else is put back
+/// in front of the rest.
+pub(crate) async fn first_event(
+    mut events: crate::EventStream,
+) -> Result<crate::EventStream, LlmError> {
+    use futures::StreamExt;
+    match events.next().await {
+        Some(Err(e)) => Err(e),
+        Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) })
+            .chain(events)
+            .boxed()),
+        None => Ok(futures::stream::empty().boxed()),
+    }
 }

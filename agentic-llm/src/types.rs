@@ -81,6 +81,9 @@ pub enum ContentBlock {
         /// True when the tool failed and `content` is the error.
         #[serde(default)]
         is_error: bool,
+        /// Prompt-caching hint (Anthropic caches the prompt up to and including this block).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
     },
     /// Model reasoning (extended thinking), kept so it can be sent back verbatim.
     Thinking {
@@ -89,6 +92,12 @@ pub enum ContentBlock {
         /// Provider signature that must accompany it when sent back.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signature: Option<String>,
+    },
+    /// Reasoning the provider encrypted (Anthropic `redacted_thinking`): opaque, but it must
+    /// be sent back verbatim in the next turn of a tool-use loop.
+    RedactedThinking {
+        /// The encrypted reasoning.
+        data: String,
     },
 }
 
@@ -107,6 +116,17 @@ impl ContentBlock {
             tool_use_id: tool_use_id.into(),
             content: vec![ContentBlock::text(text)],
             is_error: false,
+            cache_control: None,
+        }
+    }
+
+    /// A failed tool result: `message` tells the model what went wrong.
+    pub fn tool_error(tool_use_id: impl Into<String>, message: impl Into<String>) -> Self {
+        ContentBlock::ToolResult {
+            tool_use_id: tool_use_id.into(),
+            content: vec![ContentBlock::text(message)],
+            is_error: true,
+            cache_control: None,
         }
     }
 
@@ -163,6 +183,42 @@ pub struct ToolDefinition {
     pub description: String,
     /// JSON Schema of the arguments object.
     pub input_schema: Value,
+    /// Prompt-caching hint (Anthropic: cache the tool list up to and including this tool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<CacheControl>,
+    /// Ask the provider to enforce the schema exactly (OpenAI `strict`; the schema must then
+    /// follow OpenAI's strict-mode subset). Ignored by providers without the option.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+}
+
+impl ToolDefinition {
+    /// A tool definition without caching hint or strict mode.
+    pub fn new(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        input_schema: Value,
+    ) -> Self {
+        ToolDefinition {
+            name: name.into(),
+            description: description.into(),
+            input_schema,
+            cache_control: None,
+            strict: false,
+        }
+    }
+
+    /// Sets the prompt-caching hint.
+    pub fn cache_control(mut self, cache_control: CacheControl) -> Self {
+        self.cache_control = Some(cache_control);
+        self
+    }
+
+    /// Sets strict schema enforcement.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
 }
 
 /// Whether and which tool the model must call.
@@ -188,11 +244,23 @@ pub enum ToolChoice {
 pub struct ResponseFormat {
     /// A name for the schema (OpenAI requires one).
     pub name: String,
+    /// What the schema describes, for the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// JSON Schema the answer must match.
     pub schema: Value,
     /// Ask the provider to enforce the schema strictly where it can.
     #[serde(default)]
     pub strict: bool,
+}
+
+/// Extended thinking (reasoning) for models that support it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ThinkingConfig {
+    /// Most tokens the model may spend reasoning before it answers (Anthropic
+    /// `budget_tokens`, at least 1024 there and below `max_tokens`). Providers with an on/off
+    /// switch only (Ollama `think`) turn thinking on.
+    pub budget_tokens: u32,
 }
 
 /// Routing and accounting hints that are not sent to the provider.
@@ -243,6 +311,9 @@ pub struct ChatRequest {
     /// Structured output schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
+    /// Extended thinking; `None` leaves it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<ThinkingConfig>,
     /// Routing and accounting hints (never sent to the provider).
     #[serde(default)]
     pub metadata: RequestMetadata,
@@ -296,6 +367,53 @@ impl ChatRequest {
         self
     }
 
+    /// Sets the tool choice.
+    pub fn tool_choice(mut self, choice: ToolChoice) -> Self {
+        self.tool_choice = Some(choice);
+        self
+    }
+
+    /// Sets a metadata tag (`goal`, `tenant`, ...) used by budgets and logs.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Marks the request as sensitive: routers send it to local providers only.
+    pub fn sensitive(mut self, sensitive: bool) -> Self {
+        self.metadata.sensitive = sensitive;
+        self
+    }
+
+    /// Sets the routing tier (`"small"`, `"large"`, ...).
+    pub fn tier(mut self, tier: impl Into<String>) -> Self {
+        self.metadata.tier = Some(tier.into());
+        self
+    }
+
+    /// A rough count of the prompt's tokens (about four characters per token, images a flat
+    /// 1 600), for rate limits and worst-case budgets before the provider reports the real
+    /// number. Never zero.
+    pub fn estimated_input_tokens(&self) -> u64 {
+        let chars = self.system.iter().map(block_chars).sum::<usize>()
+            + self
+                .messages
+                .iter()
+                .flat_map(|m| &m.content)
+                .map(block_chars)
+                .sum::<usize>()
+            + self
+                .tools
+                .iter()
+                .map(|t| t.name.len() + t.description.len() + t.input_schema.to_string().len())
+                .sum::<usize>()
+            + self
+                .response_format
+                .as_ref()
+                .map_or(0, |f| f.schema.to_string().len());
+        estimate_tokens(chars)
+    }
+
     /// Text of the last user message (handy for matching scripted responses).
     pub fn last_user_text(&self) -> Option<String> {
         self.messages
@@ -303,6 +421,26 @@ impl ChatRequest {
             .rev()
             .find(|m| m.role == Role::User)
             .map(Message::text)
+    }
+}
+
+/// Roughly four characters per token, and at least one token so that a call never looks
+/// free.
+pub(crate) fn estimate_tokens(chars: usize) -> u64 {
+    u64::try_from(chars.div_ceil(4)).unwrap_or(u64::MAX).max(1)
+}
+
+/// Characters a block contributes to a token estimate.
+pub(crate) fn block_chars(block: &ContentBlock) -> usize {
+    match block {
+        ContentBlock::Text { text, .. } => text.chars().count(),
+        ContentBlock::ToolUse { name, input, .. } => name.len() + input.to_string().len(),
+        ContentBlock::ToolResult { content, .. } => content.iter().map(block_chars).sum(),
+        ContentBlock::Thinking { thinking, .. } => thinking.chars().count(),
+        ContentBlock::RedactedThinking { data } => data.len(),
+        // Providers price images by their size (Anthropic: width * height / 750 tokens, about
+        // 1 600 for a typical screenshot); the estimate uses that typical size.
+        ContentBlock::Image { .. } => 6400,
     }
 }
 
@@ -416,6 +554,13 @@ impl ChatResponse {
             .iter()
             .filter_map(ContentBlock::as_text)
             .collect()
+    }
+
+    /// True when the answer asks for at least one tool call.
+    pub fn has_tool_calls(&self) -> bool {
+        self.content
+            .iter()
+            .any(|b| matches!(b, ContentBlock::ToolUse { .. }))
     }
 
     /// The tool calls the model asked for: `(id, name, input)`.

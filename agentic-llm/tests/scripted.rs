@@ -51,11 +51,11 @@ async fn empty_script_fails_with_a_description_of_the_request() {
     let llm = ScriptedProvider::new();
     let request = ChatRequest::user("x".repeat(500))
         .model("big-model")
-        .tool(ToolDefinition {
-            name: "search".into(),
-            description: "Search the web".into(),
-            input_schema: json!({"type": "object"}),
-        });
+        .tool(ToolDefinition::new(
+            "search",
+            "Search the web",
+            json!({"type": "object"}),
+        ));
     let message = script_message(llm.complete(request).await.unwrap_err());
     assert!(message.contains("1 message"), "{message}");
     assert!(message.contains("tools [search]"), "{message}");
@@ -124,11 +124,7 @@ async fn predicate_rules_see_the_whole_request() {
         .unwrap();
     assert_eq!(small.text_content(), "small model");
 
-    let with_tools = ChatRequest::user("hi").tool(ToolDefinition {
-        name: "search".into(),
-        description: String::new(),
-        input_schema: json!({}),
-    });
+    let with_tools = ChatRequest::user("hi").tool(ToolDefinition::new("search", "", json!({})));
     let tool = llm.complete(with_tools).await.unwrap();
     assert_eq!(tool.stop_reason, StopReason::ToolUse);
     assert_eq!(tool.tool_calls().next().unwrap().1, "search");

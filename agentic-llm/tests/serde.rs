@@ -90,7 +90,8 @@ fn optional_fields_may_be_omitted_when_reading() {
         ContentBlock::ToolResult {
             tool_use_id: "t".into(),
             content: vec![],
-            is_error: false
+            is_error: false,
+            cache_control: None,
         }
     );
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use agentic_llm::{
     CacheControl, ChatRequest, ChatResponse, ContentBlock, Cost, ImageSource, Message,
-    RequestMetadata, ResponseFormat, Role, StopReason, ToolChoice, ToolDefinition, Usage,
+    RequestMetadata, ResponseFormat, Role, StopReason, ThinkingConfig, ToolChoice, ToolDefinition,
+    Usage,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::option;
@@ -65,10 +66,13 @@ pub fn output_block() -> impl Strategy<Value = ContentBlock> {
         text().prop_map(ContentBlock::text),
         ("[a-z]{1,6}_[A-Za-z0-9]{1,10}", "[a-z_]{1,12}", tool_input())
             .prop_map(|(id, name, input)| ContentBlock::ToolUse { id, name, input }),
-        text().prop_map(|thinking| ContentBlock::Thinking {
-            thinking,
-            signature: None,
+        (text(), option::of("[A-Za-z0-9+/=]{1,30}")).prop_map(|(thinking, signature)| {
+            ContentBlock::Thinking {
+                thinking,
+                signature,
+            }
         }),
+        "[A-Za-z0-9+/=]{1,30}".prop_map(|data| ContentBlock::RedactedThinking { data }),
     ]
 }
 
@@ -88,15 +92,23 @@ pub fn any_block() -> impl Strategy<Value = ContentBlock> {
                 signature,
             }
         }),
+        "[A-Za-z0-9+/=]{1,30}".prop_map(|data| ContentBlock::RedactedThinking { data }),
     ];
     leaf.prop_recursive(2, 8, 3, |inner| {
-        ("[a-z_0-9]{1,12}", vec(inner, 0..3), any::<bool>()).prop_map(
-            |(tool_use_id, content, is_error)| ContentBlock::ToolResult {
-                tool_use_id,
-                content,
-                is_error,
-            },
+        (
+            "[a-z_0-9]{1,12}",
+            vec(inner, 0..3),
+            any::<bool>(),
+            cache_control(),
         )
+            .prop_map(|(tool_use_id, content, is_error, cache_control)| {
+                ContentBlock::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                    cache_control,
+                }
+            })
     })
 }
 
@@ -184,13 +196,22 @@ pub fn tool_choice() -> impl Strategy<Value = ToolChoice> {
 }
 
 pub fn tool() -> impl Strategy<Value = ToolDefinition> {
-    ("[a-z_]{1,12}", text(), json_value()).prop_map(|(name, description, input_schema)| {
-        ToolDefinition {
-            name,
-            description,
-            input_schema,
-        }
-    })
+    (
+        "[a-z_]{1,12}",
+        text(),
+        json_value(),
+        cache_control(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(name, description, input_schema, cache_control, strict)| ToolDefinition {
+                name,
+                description,
+                input_schema,
+                cache_control,
+                strict,
+            },
+        )
 }
 
 /// Sampling parameters that are exact in binary (see [`cost`]).
@@ -233,20 +254,32 @@ pub fn request() -> impl Strategy<Value = ChatRequest> {
             unit_f32(),
             unit_f32(),
             vec(text(), 0..3),
-            option::of(("[a-z_]{1,10}", json_value(), any::<bool>()).prop_map(
-                |(name, schema, strict)| ResponseFormat {
-                    name,
-                    schema,
-                    strict,
-                },
-            )),
+            option::of(
+                (
+                    "[a-z_]{1,10}",
+                    option::of(text()),
+                    json_value(),
+                    any::<bool>(),
+                )
+                    .prop_map(|(name, description, schema, strict)| {
+                        ResponseFormat {
+                            name,
+                            description,
+                            schema,
+                            strict,
+                        }
+                    }),
+            ),
             metadata(),
+            option::of(
+                (1024u32..32_000).prop_map(|budget_tokens| ThinkingConfig { budget_tokens }),
+            ),
         ),
     )
         .prop_map(
             |(
                 (model, system, messages, tools, tool_choice, max_tokens),
-                (temperature, top_p, stop_sequences, response_format, metadata),
+                (temperature, top_p, stop_sequences, response_format, metadata, thinking),
             )| ChatRequest {
                 model,
                 system,
@@ -258,6 +291,7 @@ pub fn request() -> impl Strategy<Value = ChatRequest> {
                 top_p,
                 stop_sequences,
                 response_format,
+                thinking,
                 metadata,
             },
         )

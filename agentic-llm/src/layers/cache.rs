@@ -1,0 +1,321 @@
+//! [`ResponseCache`]: answers a repeated deterministic request from memory.
+//!
+//! Only deterministic requests are cached: temperature 0, or `metadata.cacheable` set by a
+//! caller who knows better (a temperature-1 request is a request for a new sample each
+//! time). The key is a stable 128-bit hash (FNV-1a) of the provider's name and the
+//! normalized request: its JSON with object keys sorted and the `metadata` left out (routing
+//! and accounting hints do not change the answer). Entries expire after a TTL; when the
+//! cache is full the least recently used entry goes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::stream::{StreamAccumulator, StreamEvent, events_for};
+use crate::{ChatRequest, ChatResponse, EventStream, LlmError, LlmProvider, ProviderCapabilities};
+
+/// The bounds of a [`ResponseCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// How long an answer stays valid (default 10 min).
+    pub ttl: Duration,
+    /// Most answers kept (default 1 000).
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            ttl: Duration::from_secs(600),
+            max_entries: 1000,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    response: ChatResponse,
+    expires: Instant,
+    last_used: u64,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    entries: HashMap<u128, Entry>,
+    /// A logical clock for least-recently-used eviction (cheaper than reading time).
+    tick: u64,
+}
+
+impl Store {
+    fn get(&mut self, key: u128, now: Instant) -> Option<ChatResponse> {
+        self.tick += 1;
+        let tick = self.tick;
+        match self.entries.get_mut(&key) {
+            Some(entry) if entry.expires > now => {
+                entry.last_used = tick;
+                Some(entry.response.clone())
+            }
+            Some(_) => {
+                self.entries.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&mut self, key: u128, response: ChatResponse, config: &CacheConfig, now: Instant) {
+        if config.max_entries == 0 {
+            return;
+        }
+        if self.entries.len() >= config.max_entries && !self.entries.contains_key(&key) {
+            self.entries.retain(|_, e| e.expires > now);
+        }
+        // Eviction scans the map: fine for the thousands of entries a response cache holds,
+        // and it keeps lookups (the hot path) a single hash probe.
+        while self.entries.len() >= config.max_entries && !self.entries.contains_key(&key) {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+        self.tick += 1;
+        self.entries.insert(
+            key,
+            Entry {
+                response,
+                expires: now + config.ttl,
+                last_used: self.tick,
+            },
+        );
+    }
+}
+
+/// A provider with a response cache in front. See the [module docs](self).
+///
+/// Hits return the stored answer unchanged (same id, usage and cost), without calling the
+/// provider. Put the cache outside a cost meter so that hits are not charged again.
+/// Streams are cached too: a miss is passed through and stored once it completed; a hit is
+/// replayed as events. Clones share the cache.
+#[derive(Debug, Clone)]
+pub struct ResponseCache<P> {
+    inner: P,
+    config: CacheConfig,
+    // A std `Mutex`: lookups and inserts are short and never span an `.await`.
+    store: Arc<Mutex<Store>>,
+    hits: Arc<AtomicU64>,
+    misses: Arc<AtomicU64>,
+}
+
+impl<P: LlmProvider> ResponseCache<P> {
+    /// Wraps `inner` with an empty cache.
+    pub fn new(inner: P, config: CacheConfig) -> Self {
+        ResponseCache {
+            inner,
+            config,
+            store: Arc::default(),
+            hits: Arc::default(),
+            misses: Arc::default(),
+        }
+    }
+
+    /// The wrapped provider.
+    pub fn inner(&self) -> &P {
+        &self.inner
+    }
+
+    /// Calls answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Cacheable calls that went to the provider.
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+
+    /// Answers currently stored (expired ones included until they are looked up or evicted).
+    pub fn len(&self) -> usize {
+        lock(&self.store).entries.len()
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key of `request`, or `None` when it must not be cached.
+    fn key(&self, request: &ChatRequest) -> Option<u128> {
+        let deterministic = request.temperature == Some(0.0) || request.metadata.cacheable;
+        if !deterministic {
+            return None;
+        }
+        Some(request_key(self.inner.name(), request))
+    }
+
+    fn lookup(&self, key: u128) -> Option<ChatResponse> {
+        let hit = lock(&self.store).get(key, Instant::now());
+        let counter = if hit.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        hit
+    }
+}
+
+fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    // The map is consistent after every operation, so a poisoned lock is still usable.
+    store.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The stable cache key of `request` sent to `provider`: FNV-1a (128 bits) over the
+/// provider's name and the request's JSON with sorted keys and without `metadata`.
+pub fn request_key(provider: &str, request: &ChatRequest) -> u128 {
+    let mut hasher = Fnv128::new();
+    hasher.write(provider.as_bytes());
+    hasher.write(&[0]);
+    match serde_json::to_value(request) {
+        Ok(Value::Object(mut fields)) => {
+            fields.remove("metadata");
+            hash_value(&mut hasher, &Value::Object(fields));
+        }
+        // A request always serializes to an object; anything else still gets a key.
+        Ok(other) => hash_value(&mut hasher, &other),
+        Err(e) => hasher.write(e.to_string().as_bytes()),
+    }
+    hasher.finish()
+}
+
+/// FNV-1a, 128-bit: tiny, stable across processes and Rust versions (unlike std's
+/// `DefaultHasher`), and wide enough that a collision (which would serve the wrong answer)
+/// is not a practical concern.
+struct Fnv128(u128);
+
+impl Fnv128 {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+
+    fn new() -> Self {
+        Fnv128(Self::OFFSET)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u128::from(byte);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn finish(&self) -> u128 {
+        self.0
+    }
+}
+
+/// Hashes a JSON value canonically: a type tag per value, lengths before contents (so
+/// `["ab"]` and `["a","b"]` differ), object members sorted by key.
+fn hash_value(hasher: &mut Fnv128, value: &Value) {
+    match value {
+        Value::Null => hasher.write(b"n"),
+        Value::Bool(b) => hasher.write(if *b { b"t" } else { b"f" }),
+        Value::Number(n) => {
+            hasher.write(b"#");
+            hasher.write(n.to_string().as_bytes());
+            hasher.write(&[0]);
+        }
+        Value::String(s) => {
+            hasher.write(b"s");
+            hasher.write(&s.len().to_le_bytes());
+            hasher.write(s.as_bytes());
+        }
+        Value::Array(items) => {
+            hasher.write(b"[");
+            hasher.write(&items.len().to_le_bytes());
+            for item in items {
+                hash_value(hasher, item);
+            }
+        }
+        Value::Object(map) => {
+            hasher.write(b"{");
+            hasher.write(&map.len().to_le_bytes());
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            for key in keys {
+                hasher.write(&key.len().to_le_bytes());
+                hasher.write(key.as_bytes());
+                if let Some(value) = map.get(key) {
+                    hash_value(hasher, value);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<P: LlmProvider> LlmProvider for ResponseCache<P> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> ProviderCapabilities {
+        self.inner.capabilities()
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let Some(key) = self.key(&request) else {
+            return self.inner.complete(request).await;
+        };
+        if let Some(hit) = self.lookup(key) {
+            return Ok(hit);
+        }
+        let response = self.inner.complete(request).await?;
+        lock(&self.store).insert(key, response.clone(), &self.config, Instant::now());
+        Ok(response)
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        let Some(key) = self.key(&request) else {
+            return self.inner.stream(request).await;
+        };
+        if let Some(hit) = self.lookup(key) {
+            return Ok(futures::stream::iter(events_for(&hit).into_iter().map(Ok)).boxed());
+        }
+        let events = self.inner.stream(request).await?;
+        let store = Arc::clone(&self.store);
+        let config = self.config;
+        let mut accumulator = Some(StreamAccumulator::new());
+        Ok(events
+            .map(move |item| {
+                match &item {
+                    Ok(event) => {
+                        if let Some(acc) = accumulator.as_mut()
+                            && acc.push(event).is_err()
+                        {
+                            accumulator = None;
+                        }
+                        if matches!(event, StreamEvent::MessageStop)
+                            && let Some(Ok(response)) =
+                                accumulator.take().map(StreamAccumulator::finish)
+                        {
+                            lock(&store).insert(key, response, &config, Instant::now());
+                        }
+                    }
+                    // A failed stream is not an answer to keep.
+                    Err(_) => accumulator = None,
+                }
+                item
+            })
+            .boxed())
+    }
+}
