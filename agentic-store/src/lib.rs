@@ -84,6 +84,9 @@ pub use typed::{Typed, TypedStore};
 #[cfg(feature = "redis")]
 pub use crate::redis::{RedisStore, RedisStoreConfig};
 
+#[cfg(feature = "nats")]
+pub use crate::nats::{NatsStore, NatsStoreConfig};
+
 /// A value and the version it was written at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
