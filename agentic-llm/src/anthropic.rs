@@ -768,6 +768,8 @@ impl StreamDecoder {
                             });
                         }
                     }
+                    // The first fragment is usually empty: it carries nothing.
+                    WireDelta::InputJsonDelta { partial_json } if partial_json.is_empty() => {}
                     WireDelta::InputJsonDelta { partial_json } => {
                         out.push(StreamEvent::ToolInputDelta {
                             index,
