@@ -21,6 +21,13 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "wasm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "wasm")))]
+pub mod wasm;
+#[cfg(feature = "wasm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "wasm")))]
+pub use wasm::{PoolingOptions, WasmSandbox, WasmSandboxConfig};
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
