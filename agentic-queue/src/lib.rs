@@ -85,6 +85,8 @@ pub mod testkit;
 pub use error::QueueError;
 pub use memory::{MemoryQueue, MemoryQueueConfig};
 
+#[cfg(feature = "amqp")]
+pub use crate::amqp::{AmqpQueue, AmqpQueueConfig};
 #[cfg(feature = "redis")]
 pub use crate::redis::{RedisQueue, RedisQueueConfig};
 

@@ -1,1 +1,1202 @@
-//! The RabbitMQ backend (issue #6): being implemented.
+//! The RabbitMQ backend: [`AmqpQueue`], a [`TaskQueue`] over AMQP 0-9-1 with `lapin`, on
+//! durable quorum queues with publisher confirms.
+//!
+//! # Topology (one queue `q`, names under [`AmqpQueueConfig::queue_prefix`], `agentic.`)
+//!
+//! Every message goes through the default exchange (it routes by queue name), so there are
+//! no exchanges or bindings to declare or to get wrong; dead-lettering, too, targets the
+//! default exchange with the destination queue's name as routing key.
+//!
+//! | queue | type | arguments | holds |
+//! |---|---|---|---|
+//! | `agentic.q` | quorum | `x-delivery-limit`, `x-dead-letter-exchange: ""`, `x-dead-letter-routing-key: agentic.q~dead`, `x-dead-letter-strategy: at-least-once`, `x-overflow: reject-publish` | jobs ready, and delivered but unacked (the leases) |
+//! | `agentic.q~dead` | quorum | | dead letters, with the reason in headers |
+//! | `agentic.q~delay~<ms>` | quorum | `x-message-ttl: <ms>`, dead-letter into `agentic.q` (at-least-once), `x-expires` | delayed jobs and retry backoffs, one queue per delay (rounded up to two significant digits) |
+//! | `agentic.q~idem~<digest>` | classic | `x-max-length: 1`, `x-overflow: reject-publish`, `x-message-ttl` and `x-expires` from the dedupe window | the record of one idempotency key |
+//!
+//! # How the trait maps onto AMQP
+//!
+//! | operation | AMQP |
+//! |---|---|
+//! | `enqueue` | `basic.publish` (persistent, mandatory) on a confirm channel; returns once the broker confirmed every message |
+//! | `dequeue` | one consumer per queue and process (`basic.qos` prefetch); deliveries wait in a local buffer until a `dequeue` takes them |
+//! | lease | the unacked delivery, plus a local expiry: an expired lease is `basic.nack`ed with requeue (or dead-lettered on its last attempt) |
+//! | fencing | a lease is valid only while its delivery is unacked on the channel that received it; the token is `(epoch, attempt)` in the high bits and a per-process delivery number in the low ones |
+//! | attempts | the quorum queue's `x-delivery-count` (every return) plus the deliveries of earlier copies (`x-agentic-attempts`) |
+//! | `nack` retry | publish a copy (attempts, last error) to the delay queue, then ack the delivery |
+//! | dead-letter | publish a copy with reason, attempts and time to the dead queue, then ack |
+//! | `dead_letters` / `requeue_dead` | `basic.get` on the dead queue, then nack (requeue) what is kept |
+//! | `stats` | `queue.declare` message counts, plus this process's buffer and leases |
+//!
+//! Every "copy, then ack" is ordered so that a crash in between duplicates a job, never
+//! loses it.
+//!
+//! # Capabilities
+//!
+//! | capability | `AmqpQueue` |
+//! |---|---|
+//! | priorities | 1 level (FIFO): quorum queues have no priorities in RabbitMQ 3.x; the job's priority is kept and delivered as given |
+//! | delays | yes, on the broker's clock, rounded up to two significant digits of milliseconds, at most 49 days |
+//! | dedupe | yes, one small classic queue per key for the window (1 hour by default) |
+//! | max lease | the broker's `consumer_timeout` minus a margin ([`AmqpQueueConfig::consumer_timeout`], 30 minutes by default) |
+//! | persistence | quorum queues (Raft, fsynced); confirms only after a majority stored the message |
+//! | waiting | pushed by the broker: a waiting `dequeue` wakes when a delivery arrives |
+//!
+//! See `docs/backends/amqp.md` for the server settings this relies on.
+
+mod envelope;
+mod link;
+mod topology;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::Acker;
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use self::envelope::Job;
+use self::link::{Confirmed, Connector, Outgoing, lock, map_err};
+use self::topology::{MAX_DELAY, Names, QueueSpec, delay_bucket_ms};
+use crate::{
+    DeadLetter, Delivery, Enqueued, JobId, Lease, NackOutcome, NewJob, QueueCapabilities,
+    QueueError, QueueStats, Retry, TaskQueue,
+};
+
+/// Settings of [`AmqpQueue`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AmqpQueueConfig {
+    /// `amqp://user:password@host:port/vhost` (the vhost URL-encoded, `%2f` for `/`).
+    pub url: String,
+    /// Starts every queue name, so several deployments can share a vhost.
+    pub queue_prefix: String,
+    /// The connection's name as shown by `rabbitmqctl list_connections name` (and closed
+    /// by `rabbitmqctl close_all_connections` only if chosen so).
+    pub connection_name: String,
+    /// Largest payload accepted.
+    pub max_payload_bytes: usize,
+    /// How long an idempotency key dedupes. Each key costs one small classic queue on the
+    /// broker for this long, so keep it as short as the use allows.
+    pub dedupe_window: Duration,
+    /// Deliveries the broker pushes ahead of `dequeue` calls (`basic.qos`), per queue.
+    /// Set it to the worker's concurrency: deliveries in the local buffer are held for
+    /// this process and count as a delivery if the process dies.
+    pub prefetch: u16,
+    /// The quorum queue's `x-delivery-limit`: returns (lease expiries, lost consumers)
+    /// after which the broker itself dead-letters a message. A backstop for jobs that kill
+    /// their workers; `max_attempts` is enforced before it. Keep it above every job's
+    /// `max_attempts`.
+    pub delivery_limit: u32,
+    /// The broker's delivery acknowledgement timeout (`consumer_timeout` in
+    /// `rabbitmq.conf`, 30 minutes by default). A delivery unacked for longer closes its
+    /// channel, so leases are capped a margin below it (see
+    /// [`QueueCapabilities::max_lease`]). Raise both together for longer tasks.
+    pub consumer_timeout: Duration,
+    /// Sets `x-consumer-timeout` to [`AmqpQueueConfig::consumer_timeout`] on every
+    /// consumer. Only RabbitMQ 3.12 and newer honour it (3.11.15 for the queue argument);
+    /// older servers ignore it, and then the server-wide setting applies.
+    pub consumer_timeout_argument: bool,
+    /// `x-expires` of the work and dead queues: the broker deletes them after this long
+    /// without consumers or declares. `None` (the default) keeps them forever.
+    pub queue_expires: Option<Duration>,
+    /// Timeout of one connection attempt.
+    pub connect_timeout: Duration,
+    /// How long an operation keeps reconnecting after the connection was lost.
+    pub reconnect_timeout: Duration,
+    /// How long a publish waits for the broker's confirm (a memory alarm blocks
+    /// publishers; this turns the block into an error).
+    pub confirm_timeout: Duration,
+    /// Tries of one publish whose confirm was lost with the connection.
+    pub retries: u32,
+    /// How often expired leases are looked for (and nacked).
+    pub reap_interval: Duration,
+}
+
+impl AmqpQueueConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        AmqpQueueConfig {
+            url: url.into(),
+            queue_prefix: "agentic.".to_owned(),
+            connection_name: "agentic-queue".to_owned(),
+            max_payload_bytes: 8 * 1024 * 1024,
+            dedupe_window: Duration::from_secs(3600),
+            prefetch: 64,
+            delivery_limit: 50,
+            consumer_timeout: Duration::from_secs(30 * 60),
+            consumer_timeout_argument: false,
+            queue_expires: None,
+            connect_timeout: Duration::from_secs(5),
+            reconnect_timeout: Duration::from_secs(30),
+            confirm_timeout: Duration::from_secs(30),
+            retries: 8,
+            reap_interval: Duration::from_millis(50),
+        }
+    }
+
+    /// Sets the queue-name prefix.
+    pub fn queue_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.queue_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the connection name.
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    /// Sets the prefetch (deliveries buffered ahead per queue).
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// The longest lease: the broker's consumer timeout minus a margin (a tenth, at most
+    /// a minute) for clock skew and the time a nack takes to arrive.
+    fn max_lease(&self) -> Duration {
+        let margin = (self.consumer_timeout / 10).min(Duration::from_secs(60));
+        self.consumer_timeout.saturating_sub(margin)
+    }
+}
+
+/// A [`TaskQueue`] on RabbitMQ 3.10 or newer. See the [module docs](self).
+///
+/// Cheap to clone: clones share one connection, its consumers and its leases.
+#[derive(Clone)]
+pub struct AmqpQueue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AmqpQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpQueue")
+            .field("queue_prefix", &self.inner.config.queue_prefix)
+            .field("generation", &self.inner.connector.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: Arc<AmqpQueueConfig>,
+    connector: Connector,
+    /// Per queue: consumer, buffer and leases. A std mutex: held only to look up.
+    queues: Mutex<HashMap<String, Arc<QueueState>>>,
+    /// The low half of every token: distinct for every delivery this process hands out,
+    /// so two copies of one job (a publish retried after a lost confirm) never share a
+    /// lease.
+    deliveries: AtomicU64,
+    reaper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(reaper) = lock(&self.reaper).take() {
+            reaper.abort();
+        }
+        for state in lock(&self.queues).values() {
+            state.stop_consumer();
+        }
+        // Closing the connection returns every unacked delivery to its queue now, rather
+        // than when the broker notices the socket is gone.
+        self.connector.close();
+    }
+}
+
+/// What one process holds for one queue.
+struct QueueState {
+    names: Names,
+    /// Deliveries pushed by the broker that no `dequeue` took yet. A std mutex: never
+    /// held across an await.
+    buffer: Mutex<VecDeque<AmqpDelivery>>,
+    /// Wakes waiting `dequeue`s when the buffer grows or the consumer stops.
+    arrived: Notify,
+    /// The leases handed out, by (job, token).
+    leases: Mutex<HashMap<(JobId, u64), Held>>,
+    consumer: Mutex<Option<ConsumerRun>>,
+    /// Serialises consumer restarts (held across the awaits of a restart).
+    starting: tokio::sync::Mutex<()>,
+    /// Delay buckets (ms) used through this process: the delay queues `stats` counts.
+    delays: Mutex<BTreeSet<u64>>,
+    /// Idempotency record queues used through this process, for `delete_queue`.
+    records: Mutex<BTreeSet<String>>,
+    /// Deliveries received by this queue's consumers so far.
+    received: AtomicU64,
+}
+
+struct ConsumerRun {
+    channel: lapin::Channel,
+    task: JoinHandle<()>,
+    /// The backlog the queue reported when the consumer started arrives in a burst
+    /// right after; until it has (or this deadline passes) a `dequeue` that got fewer
+    /// than `max` waits for the rest rather than return a short batch.
+    primed_until: Instant,
+    /// `received` once that backlog (up to the prefetch) has arrived.
+    primed_total: u64,
+}
+
+impl ConsumerRun {
+    fn running(&self) -> bool {
+        !self.task.is_finished() && self.channel.status().connected()
+    }
+}
+
+/// How long a fresh consumer's backlog may take to arrive before `dequeue` stops waiting
+/// for it.
+const PRIMING: Duration = Duration::from_millis(250);
+
+impl QueueState {
+    fn new(names: Names) -> Self {
+        QueueState {
+            names,
+            buffer: Mutex::new(VecDeque::new()),
+            arrived: Notify::new(),
+            leases: Mutex::new(HashMap::new()),
+            consumer: Mutex::new(None),
+            starting: tokio::sync::Mutex::new(()),
+            delays: Mutex::new(BTreeSet::new()),
+            records: Mutex::new(BTreeSet::new()),
+            received: AtomicU64::new(0),
+        }
+    }
+
+    /// The deadline until which a short batch should wait for the consumer's initial
+    /// backlog, if it is still arriving.
+    fn priming_until(&self, now: Instant) -> Option<Instant> {
+        let consumer = lock(&self.consumer);
+        let run = consumer.as_ref()?;
+        (run.primed_until > now && self.received.load(Ordering::Acquire) < run.primed_total)
+            .then_some(run.primed_until)
+    }
+
+    fn consumer_running(&self) -> bool {
+        lock(&self.consumer)
+            .as_ref()
+            .is_some_and(ConsumerRun::running)
+    }
+
+    fn stop_consumer(&self) {
+        if let Some(run) = lock(&self.consumer).take() {
+            run.task.abort();
+            let channel = run.channel;
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = channel.close(200, "consumer stopped".into()).await;
+                });
+            }
+        }
+    }
+
+    /// Deliveries in the buffer that can still be acked (their channel is open).
+    fn buffered(&self) -> u64 {
+        lock(&self.buffer)
+            .iter()
+            .filter(|d| d.acker.usable())
+            .count() as u64
+    }
+}
+
+/// One lease: a delivery handed to a worker and not yet acked or nacked.
+struct Held {
+    acker: Acker,
+    job: Job,
+    payload: Bytes,
+    attempt: u32,
+    expires_at: Instant,
+}
+
+/// A job handed to `dequeue`'s caller, or a message that has to be dealt with first.
+enum Admitted {
+    Deliver(Delivery),
+    /// Over its attempts (its last holder died) or undecodable: dead-letter it.
+    DeadLetter {
+        acker: Acker,
+        job: Job,
+        payload: Bytes,
+        attempts: u32,
+        reason: String,
+    },
+}
+
+impl AmqpQueue {
+    /// Connects with default settings.
+    pub async fn connect(url: &str) -> Result<Self, QueueError> {
+        Self::connect_with(AmqpQueueConfig::new(url)).await
+    }
+
+    /// Connects with the given settings. A broker that cannot be reached now is an error;
+    /// a connection lost later is re-established by the operations that need it.
+    pub async fn connect_with(config: AmqpQueueConfig) -> Result<Self, QueueError> {
+        let config = Arc::new(config);
+        let connector = Connector::new(config.clone());
+        connector.connect_first().await?;
+        let inner = Arc::new(Inner {
+            config,
+            connector,
+            queues: Mutex::new(HashMap::new()),
+            deliveries: AtomicU64::new(0),
+            reaper: Mutex::new(None),
+        });
+        let reaper = tokio::spawn(reap(Arc::downgrade(&inner)));
+        *lock(&inner.reaper) = Some(reaper);
+        Ok(AmqpQueue { inner })
+    }
+
+    /// Deletes everything the backend made for `queue` on the broker (work and dead
+    /// queues, and the delay and idempotency queues this process used), with their
+    /// messages. For tests and decommissioning; leases held on it are lost.
+    pub async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
+        let state = self.inner.state(queue)?;
+        state.stop_consumer();
+        lock(&state.buffer).clear();
+        lock(&state.leases).clear();
+        let mut names = vec![state.names.work.clone(), state.names.dead.clone()];
+        for ms in lock(&state.delays).iter() {
+            names.push(state.names.delay(*ms).name().to_owned());
+        }
+        names.extend(lock(&state.records).iter().cloned());
+        let link = self.inner.connector.get().await?;
+        let admin = link.admin().await?;
+        for name in names {
+            admin
+                .queue_delete(
+                    ShortString::from(name.as_str()),
+                    QueueDeleteOptions::default(),
+                )
+                .await
+                .map_err(|e| map_err("delete a queue", e))?;
+            link.forget(&name);
+        }
+        lock(&self.inner.queues).remove(queue);
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn state(&self, queue: &str) -> Result<Arc<QueueState>, QueueError> {
+        let mut queues = lock(&self.queues);
+        if let Some(s) = queues.get(queue) {
+            return Ok(s.clone());
+        }
+        let names = Names::new(&self.config, queue)?;
+        let state = Arc::new(QueueState::new(names));
+        queues.insert(queue.to_owned(), state.clone());
+        Ok(state)
+    }
+
+    async fn publish(&self, messages: &[Outgoing]) -> Result<Vec<Confirmed>, QueueError> {
+        link::publish(&self.connector, &self.config, messages).await
+    }
+
+    /// Publishes messages that must be stored: a nack is an error.
+    async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), QueueError> {
+        let confirms = self.publish(messages).await?;
+        if let Some(i) = confirms.iter().position(|c| *c == Confirmed::Nack) {
+            return Err(QueueError::Backend {
+                message: format!(
+                    "RabbitMQ refused (nacked) a publish to {}: it was not stored",
+                    messages[i].queue.name()
+                ),
+                retryable: true,
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts the queue's consumer unless it runs.
+    async fn ensure_consumer(&self, state: &Arc<QueueState>) -> Result<(), QueueError> {
+        if state.consumer_running() {
+            return Ok(());
+        }
+        let _starting = state.starting.lock().await;
+        if state.consumer_running() {
+            return Ok(());
+        }
+        state.stop_consumer();
+        // Deliveries of the old channel went back to the queue with it.
+        lock(&state.buffer).retain(|d| d.acker.usable());
+        let link = self.connector.get().await?;
+        let backlog = link.declare(&state.names.work_spec(), &self.config).await?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| map_err("open a consumer channel", e))?;
+        channel
+            .basic_qos(self.config.prefetch.max(1), BasicQosOptions::default())
+            .await
+            .map_err(|e| map_err("set the prefetch", e))?;
+        let mut args = FieldTable::default();
+        if self.config.consumer_timeout_argument {
+            args.insert(
+                "x-consumer-timeout".into(),
+                lapin::types::AMQPValue::LongLongInt(
+                    i64::try_from(topology::millis(self.config.consumer_timeout))
+                        .unwrap_or(i64::MAX),
+                ),
+            );
+        }
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(state.names.work.as_str()),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .map_err(|e| map_err("start a consumer", e))?;
+        let primed_total = state.received.load(Ordering::Acquire)
+            + u64::from(backlog.min(u32::from(self.config.prefetch.max(1))));
+        let task = tokio::spawn(consume(Arc::downgrade(state), consumer));
+        *lock(&state.consumer) = Some(ConsumerRun {
+            channel,
+            task,
+            primed_until: Instant::now() + PRIMING,
+            primed_total,
+        });
+        Ok(())
+    }
+
+    /// Takes up to `max` deliveries from the buffer and turns them into leases.
+    fn take(
+        &self,
+        state: &QueueState,
+        max: usize,
+        lease: Duration,
+        started: Instant,
+    ) -> Vec<Admitted> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(d) = lock(&state.buffer).pop_front() else {
+                break;
+            };
+            if !d.acker.usable() {
+                // Its channel closed: the broker already put it back in the queue.
+                continue;
+            }
+            out.push(self.admit(state, d, lease, started));
+        }
+        out
+    }
+
+    fn admit(
+        &self,
+        state: &QueueState,
+        d: AmqpDelivery,
+        lease: Duration,
+        started: Instant,
+    ) -> Admitted {
+        let returns = envelope::delivery_count(&d.properties);
+        let payload = Bytes::from(d.data);
+        let job = match Job::parse(&d.properties, d.delivery_tag) {
+            Ok(job) => job,
+            Err(reason) => {
+                let job = Job::new(
+                    d.properties
+                        .message_id()
+                        .as_ref()
+                        .map(|id| JobId(id.as_str().to_owned()))
+                        .unwrap_or_else(|| JobId(format!("amqp-{:016x}", fastrand::u64(..)))),
+                    &NewJob::new(Bytes::new()),
+                );
+                return Admitted::DeadLetter {
+                    acker: d.acker,
+                    job,
+                    payload,
+                    attempts: returns + 1,
+                    reason: format!("undecodable job: {reason}"),
+                };
+            }
+        };
+        let attempt = job.prior_attempts.saturating_add(returns).saturating_add(1);
+        if attempt > job.max_attempts {
+            // Its last holder went away with the delivery unacked (process died,
+            // connection lost) on the last permitted attempt.
+            let spent = attempt - 1;
+            return Admitted::DeadLetter {
+                acker: d.acker,
+                reason: format!("lease expired after {spent} {}", noun(spent)),
+                attempts: spent,
+                job,
+                payload,
+            };
+        }
+        let last_error = if returns > 0 {
+            // Returned unacked since this copy was published: the lease ran out (here or
+            // with a process or connection that is gone).
+            Some(format!("lease expired on attempt {}", attempt - 1))
+        } else {
+            job.last_error.clone()
+        };
+        let serial = self.deliveries.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
+        let token = (u64::from(job.epoch.min(0xffff)) << 48)
+            | (u64::from(attempt.min(0xffff)) << 32)
+            | serial;
+        let expires_at = started + lease;
+        let delivery = Delivery {
+            lease: Lease {
+                queue: state.names.queue.clone(),
+                job_id: job.id.clone(),
+                token,
+                expires_at,
+            },
+            payload: payload.clone(),
+            headers: job.headers.clone(),
+            priority: job.priority,
+            attempt,
+            max_attempts: job.max_attempts,
+            last_error,
+        };
+        lock(&state.leases).insert(
+            (job.id.clone(), token),
+            Held {
+                acker: d.acker,
+                job,
+                payload,
+                attempt,
+                expires_at,
+            },
+        );
+        Admitted::Deliver(delivery)
+    }
+
+    /// Publishes a dead letter, then acks the delivery it replaces.
+    async fn dead_letter(
+        &self,
+        state: &QueueState,
+        acker: &Acker,
+        job: &Job,
+        payload: &Bytes,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let message = Outgoing {
+            queue: state.names.dead_spec(),
+            payload: payload.clone(),
+            properties: job.dead_properties(attempts, reason)?,
+        };
+        self.publish_all(std::slice::from_ref(&message)).await?;
+        tracing::info!(queue = %state.names.queue, job = %job.id, reason, "job dead-lettered");
+        // If this ack is lost (channel gone), the job is delivered again and also in the
+        // dead letters: a duplicate, never a loss.
+        let _ = acker.ack(BasicAckOptions::default()).await;
+        Ok(())
+    }
+
+    /// Removes the lease if it is current; `Err(LeaseLost)` otherwise. A lease found
+    /// expired is handled as an expiry (nacked back, or dead-lettered).
+    async fn claim(&self, lease: &Lease) -> Result<(Arc<QueueState>, Held), QueueError> {
+        let state = self.state(&lease.queue)?;
+        let key = (lease.job_id.clone(), lease.token);
+        let held = lock(&state.leases).remove(&key);
+        let Some(held) = held else {
+            return Err(lease_lost(lease));
+        };
+        if !held.acker.usable() {
+            return Err(lease_lost(lease));
+        }
+        if held.expires_at <= Instant::now() {
+            self.expire(&state, held).await;
+            return Err(lease_lost(lease));
+        }
+        Ok((state, held))
+    }
+
+    /// A lease ran out: give the job back (nack with requeue), or dead-letter it when that
+    /// was its last attempt.
+    async fn expire(&self, state: &QueueState, held: Held) {
+        if !held.acker.usable() {
+            return;
+        }
+        if held.attempt >= held.job.max_attempts {
+            let reason = format!(
+                "lease expired after {} {}",
+                held.attempt,
+                noun(held.attempt)
+            );
+            if let Err(e) = self
+                .dead_letter(
+                    state,
+                    &held.acker,
+                    &held.job,
+                    &held.payload,
+                    held.attempt,
+                    &reason,
+                )
+                .await
+            {
+                tracing::warn!(error = %e, job = %held.job.id, "could not dead-letter an expired lease; returning it");
+                let _ = held.acker.nack(requeue()).await;
+            }
+        } else {
+            tracing::debug!(queue = %state.names.queue, job = %held.job.id, attempt = held.attempt, "lease expired; returning the job");
+            let _ = held.acker.nack(requeue()).await;
+        }
+    }
+
+    async fn reap_once(&self) {
+        let states: Vec<Arc<QueueState>> = lock(&self.queues).values().cloned().collect();
+        let now = Instant::now();
+        for state in states {
+            let expired: Vec<Held> = {
+                let mut leases = lock(&state.leases);
+                let keys: Vec<(JobId, u64)> = leases
+                    .iter()
+                    .filter(|(_, h)| h.expires_at <= now || !h.acker.usable())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                keys.into_iter().filter_map(|k| leases.remove(&k)).collect()
+            };
+            for held in expired {
+                self.expire(&state, held).await;
+            }
+        }
+    }
+
+    /// Claims an idempotency key for `id`: true when it was free (the record is now
+    /// stored), false when another job holds it inside the window.
+    async fn claim_key(
+        &self,
+        state: &QueueState,
+        spec: &QueueSpec,
+        id: &JobId,
+    ) -> Result<bool, QueueError> {
+        lock(&state.records).insert(spec.name().to_owned());
+        let record = Outgoing {
+            queue: spec.clone(),
+            payload: Bytes::copy_from_slice(id.as_str().as_bytes()),
+            properties: lapin::BasicProperties::default().with_delivery_mode(2),
+        };
+        let confirms = self.publish(std::slice::from_ref(&record)).await?;
+        Ok(confirms.first() == Some(&Confirmed::Ack))
+    }
+
+    /// Undoes claimed keys after the jobs could not be published, so a retry of the
+    /// enqueue is not taken for a duplicate. Best effort: a failure leaves the key
+    /// claimed until the window ends (logged).
+    async fn release_keys(&self, specs: &[QueueSpec]) {
+        let Ok(link) = self.connector.get().await else {
+            return;
+        };
+        let Ok(admin) = link.admin().await else {
+            return;
+        };
+        for spec in specs {
+            if let Err(e) = admin
+                .queue_purge(ShortString::from(spec.name()), QueuePurgeOptions::default())
+                .await
+            {
+                tracing::warn!(error = %e, record = spec.name(), "could not release an idempotency key");
+            }
+        }
+    }
+}
+
+/// The consumer task: moves deliveries into the buffer until the channel ends.
+async fn consume(state: Weak<QueueState>, mut consumer: lapin::Consumer) {
+    while let Some(item) = consumer.next().await {
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        match item {
+            Ok(delivery) => {
+                lock(&state.buffer).push_back(delivery);
+                state.received.fetch_add(1, Ordering::AcqRel);
+                state.arrived.notify_waiters();
+            }
+            Err(e) => {
+                tracing::warn!(queue = %state.names.queue, error = %e, "consumer stopped");
+                break;
+            }
+        }
+    }
+    // Wake waiting dequeues so they restart the consumer (and reconnect if needed).
+    if let Some(state) = state.upgrade() {
+        state.arrived.notify_waiters();
+    }
+}
+
+/// The lease reaper: returns jobs whose lease ran out.
+async fn reap(inner: Weak<Inner>) {
+    loop {
+        let interval = match inner.upgrade() {
+            Some(inner) => {
+                inner.reap_once().await;
+                inner.config.reap_interval
+            }
+            None => return,
+        };
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[async_trait]
+impl TaskQueue for AmqpQueue {
+    fn capabilities(&self) -> QueueCapabilities {
+        let mut caps = QueueCapabilities::full(self.inner.config.max_payload_bytes);
+        // Quorum queues have no priorities in RabbitMQ 3.x (3.13 added two levels, not ten).
+        caps.priority_levels = 1;
+        caps.max_lease = Some(self.inner.config.max_lease());
+        caps
+    }
+
+    async fn enqueue_batch(
+        &self,
+        queue: &str,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        let inner = &self.inner;
+        let state = inner.state(queue)?;
+        for job in &jobs {
+            job.validate(inner.config.max_payload_bytes)?;
+            if job.delay > MAX_DELAY {
+                return Err(QueueError::InvalidJob(format!(
+                    "delay {:?} is longer than RabbitMQ's message TTL allows ({MAX_DELAY:?})",
+                    job.delay
+                )));
+            }
+        }
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut messages = Vec::with_capacity(jobs.len());
+        let mut claimed = Vec::new();
+        for job in &jobs {
+            let id = match &job.idempotency_key {
+                // Derived from the key, so a duplicate can answer with the original's id
+                // without reading the broker's record back.
+                Some(key) => JobId(format!("key-{}", topology::key_id(&state.names.work, key))),
+                None => JobId(new_id()),
+            };
+            if let Some(key) = &job.idempotency_key {
+                let spec = state.names.idempotency(key);
+                let fresh = match inner.claim_key(&state, &spec, &id).await {
+                    Ok(fresh) => fresh,
+                    Err(e) => {
+                        inner.release_keys(&claimed).await;
+                        return Err(e);
+                    }
+                };
+                if !fresh {
+                    out.push(Enqueued {
+                        id,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                claimed.push(spec);
+            }
+            let bucket = delay_bucket_ms(job.delay);
+            let target = if bucket == 0 {
+                state.names.work_spec()
+            } else {
+                lock(&state.delays).insert(bucket);
+                state.names.delay(bucket)
+            };
+            messages.push(Outgoing {
+                queue: target,
+                payload: job.payload.clone(),
+                properties: Job::new(id.clone(), job).properties()?,
+            });
+            out.push(Enqueued {
+                id,
+                duplicate: false,
+            });
+        }
+        if let Err(e) = inner.publish_all(&messages).await {
+            inner.release_keys(&claimed).await;
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    async fn dequeue(
+        &self,
+        queue: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let inner = &self.inner;
+        let state = inner.state(queue)?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let deadline = started + wait;
+        let mut out = Vec::new();
+        loop {
+            inner.ensure_consumer(&state).await?;
+            // Registered before looking at the buffer, so an arrival between the look and
+            // the wait is not missed.
+            let arrived = state.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            for admitted in inner.take(&state, max - out.len(), lease, started) {
+                match admitted {
+                    Admitted::Deliver(d) => out.push(d),
+                    Admitted::DeadLetter {
+                        acker,
+                        job,
+                        payload,
+                        attempts,
+                        reason,
+                    } => {
+                        if let Err(e) = inner
+                            .dead_letter(&state, &acker, &job, &payload, attempts, &reason)
+                            .await
+                        {
+                            let _ = acker.nack(requeue()).await;
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if out.len() >= max || now >= deadline {
+                return Ok(out);
+            }
+            let nap = if out.is_empty() {
+                // Bounded sleeps as well: a consumer that died without a wake-up (it
+                // cannot notify once its state is gone) is restarted within a second.
+                (deadline - now).min(Duration::from_secs(1))
+            } else {
+                match state.priming_until(now) {
+                    Some(until) => until.min(deadline) - now,
+                    None => return Ok(out),
+                }
+            };
+            let _ = tokio::time::timeout(nap, arrived).await;
+        }
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+        let (_, held) = self.inner.claim(lease).await?;
+        match held.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            // The channel closed after the claim: the broker gives the job back.
+            Ok(false) | Err(_) => Err(lease_lost(lease)),
+        }
+    }
+
+    async fn nack(
+        &self,
+        lease: &Lease,
+        retry: Retry,
+        reason: &str,
+    ) -> Result<NackOutcome, QueueError> {
+        if let Retry::After(d) = retry
+            && d > MAX_DELAY
+        {
+            return Err(QueueError::InvalidJob(format!(
+                "retry delay {d:?} is longer than RabbitMQ's message TTL allows ({MAX_DELAY:?})"
+            )));
+        }
+        let inner = &self.inner;
+        let (state, held) = inner.claim(lease).await?;
+        let spent = held.attempt >= held.job.max_attempts;
+        match retry {
+            Retry::After(delay) if !spent => {
+                let mut next = held.job.clone();
+                next.prior_attempts = held.attempt;
+                next.last_error = Some(reason.to_owned());
+                let bucket = delay_bucket_ms(delay);
+                let target = if bucket == 0 {
+                    state.names.work_spec()
+                } else {
+                    lock(&state.delays).insert(bucket);
+                    state.names.delay(bucket)
+                };
+                let message = Outgoing {
+                    queue: target,
+                    payload: held.payload.clone(),
+                    properties: next.properties()?,
+                };
+                if let Err(e) = inner.publish_all(std::slice::from_ref(&message)).await {
+                    // The copy is not stored: give the original back instead, so the job
+                    // is retried (without the reason) rather than lost.
+                    let _ = held.acker.nack(requeue()).await;
+                    return Err(e);
+                }
+                let _ = held.acker.ack(BasicAckOptions::default()).await;
+                Ok(NackOutcome::Retrying { delay })
+            }
+            _ => {
+                if let Err(e) = inner
+                    .dead_letter(
+                        &state,
+                        &held.acker,
+                        &held.job,
+                        &held.payload,
+                        held.attempt,
+                        reason,
+                    )
+                    .await
+                {
+                    let _ = held.acker.nack(requeue()).await;
+                    return Err(e);
+                }
+                Ok(NackOutcome::DeadLettered)
+            }
+        }
+    }
+
+    async fn extend_lease(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {
+        let started = Instant::now();
+        let state = self.inner.state(&lease.queue)?;
+        let key = (lease.job_id.clone(), lease.token);
+        let expired = {
+            let mut leases = lock(&state.leases);
+            match leases.get_mut(&key) {
+                None => return Err(lease_lost(lease)),
+                Some(h) if !h.acker.usable() => return Err(lease_lost(lease)),
+                Some(h) if h.expires_at > started => {
+                    let expires_at = started + lease_for;
+                    h.expires_at = expires_at;
+                    return Ok(Lease {
+                        expires_at,
+                        ..lease.clone()
+                    });
+                }
+                Some(_) => leases.remove(&key),
+            }
+        };
+        if let Some(held) = expired {
+            self.inner.expire(&state, held).await;
+        }
+        Err(lease_lost(lease))
+    }
+
+    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let inner = &self.inner;
+        let state = inner.state(queue)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let link = inner.connector.get().await?;
+        let ready = link
+            .declare(&state.names.dead_spec(), &inner.config)
+            .await?;
+        // A channel of its own: the browse holds what it read unacked until the end, and
+        // closing the channel returns anything a failure left behind.
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| map_err("open a channel", e))?;
+        let result = browse_dead(&channel, &state.names.dead, limit.min(ready as usize)).await;
+        let _ = channel.close(200, "browsed".into()).await;
+        settle(&link, &inner.config, &state.names.dead_spec(), ready).await;
+        result
+    }
+
+    async fn requeue_dead(&self, queue: &str, ids: &[JobId]) -> Result<usize, QueueError> {
+        let inner = &self.inner;
+        let state = inner.state(queue)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let wanted: HashSet<&JobId> = ids.iter().collect();
+        let link = inner.connector.get().await?;
+        link.ensure(&state.names.work_spec(), &inner.config).await?;
+        let ready = link
+            .declare(&state.names.dead_spec(), &inner.config)
+            .await?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| map_err("open a channel", e))?;
+        let result = requeue_from_dead(inner, &state, &channel, &wanted, ready).await;
+        let _ = channel.close(200, "requeued".into()).await;
+        if let Ok((moved, _)) = &result {
+            let kept = ready.saturating_sub(*moved);
+            settle(&link, &inner.config, &state.names.dead_spec(), kept).await;
+        }
+        result.map(|(_, distinct)| distinct)
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        let inner = &self.inner;
+        let state = inner.state(queue)?;
+        let link = inner.connector.get().await?;
+        let ready = link
+            .declare(&state.names.work_spec(), &inner.config)
+            .await?;
+        let dead = link
+            .declare(&state.names.dead_spec(), &inner.config)
+            .await?;
+        let buckets: Vec<u64> = lock(&state.delays).iter().copied().collect();
+        let mut delayed = 0u64;
+        for ms in buckets {
+            delayed += u64::from(link.declare(&state.names.delay(ms), &inner.config).await?);
+        }
+        let leased = lock(&state.leases).len() as u64;
+        Ok(QueueStats {
+            ready: u64::from(ready) + state.buffered(),
+            delayed,
+            leased,
+            dead: u64::from(dead),
+        })
+    }
+}
+
+/// Reads up to `limit` dead letters, then returns them all to the dead queue in order.
+async fn browse_dead(
+    channel: &lapin::Channel,
+    dead: &str,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, QueueError> {
+    let mut out = Vec::new();
+    let mut last_tag = None;
+    while out.len() < limit {
+        let got = channel
+            .basic_get(ShortString::from(dead), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| map_err("read a dead letter", e))?;
+        let Some(message) = got else { break };
+        let d = message.delivery;
+        last_tag = Some(d.delivery_tag);
+        out.push(
+            envelope::parse_dead(&d.properties, d.data.clone(), d.delivery_tag).unwrap_or_else(
+                |reason| DeadLetter {
+                    job_id: JobId(
+                        d.properties
+                            .message_id()
+                            .as_ref()
+                            .map(|s| s.as_str().to_owned())
+                            .unwrap_or_default(),
+                    ),
+                    payload: Bytes::from(d.data),
+                    headers: Default::default(),
+                    priority: 0,
+                    attempts: 0,
+                    reason: format!("undecodable dead letter: {reason}"),
+                    dead_at: std::time::SystemTime::now(),
+                },
+            ),
+        );
+    }
+    if let Some(tag) = last_tag {
+        channel
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
+            .await
+            .map_err(|e| map_err("return browsed dead letters", e))?;
+    }
+    Ok(out)
+}
+
+/// Moves the wanted dead letters back to the work queue (fresh attempts, next epoch):
+/// publish first, ack after, so a failure in between duplicates rather than loses.
+async fn requeue_from_dead(
+    inner: &Inner,
+    state: &QueueState,
+    channel: &lapin::Channel,
+    wanted: &HashSet<&JobId>,
+    ready: u32,
+) -> Result<(u32, usize), QueueError> {
+    let mut moved: HashSet<JobId> = HashSet::new();
+    let mut copies = 0u32;
+    let mut kept_tag = None;
+    for _ in 0..ready {
+        let got = channel
+            .basic_get(
+                ShortString::from(state.names.dead.as_str()),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(|e| map_err("read a dead letter", e))?;
+        let Some(message) = got else { break };
+        let d = message.delivery;
+        let job = Job::parse(&d.properties, d.delivery_tag).ok();
+        match job {
+            Some(mut job) if wanted.contains(&job.id) => {
+                job.prior_attempts = 0;
+                job.epoch = job.epoch.saturating_add(1);
+                job.last_error = None;
+                let message = Outgoing {
+                    queue: state.names.work_spec(),
+                    payload: Bytes::from(d.data),
+                    properties: job.properties()?,
+                };
+                inner.publish_all(std::slice::from_ref(&message)).await?;
+                channel
+                    .basic_ack(d.delivery_tag, BasicAckOptions::default())
+                    .await
+                    .map_err(|e| map_err("remove a requeued dead letter", e))?;
+                moved.insert(job.id);
+                copies += 1;
+            }
+            _ => kept_tag = Some(d.delivery_tag),
+        }
+    }
+    if let Some(tag) = kept_tag {
+        channel
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
+            .await
+            .map_err(|e| map_err("return kept dead letters", e))?;
+    }
+    Ok((copies, moved.len()))
+}
+
+/// Waits (briefly) until messages this process returned with a nack are back in the
+/// queue's ready count. A quorum queue applies a return asynchronously, after the
+/// channel's nack; without this, a `stats` or `requeue_dead` right after a
+/// `dead_letters` would not see the letters that were only browsed.
+async fn settle(link: &link::Link, config: &AmqpQueueConfig, spec: &QueueSpec, expected: u32) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match link.declare(spec, config).await {
+            Ok(ready) if ready < expected => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    }
+}
+
+fn noun(n: u32) -> &'static str {
+    if n == 1 { "attempt" } else { "attempts" }
+}
+
+fn new_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+fn lease_lost(lease: &Lease) -> QueueError {
+    QueueError::LeaseLost {
+        job_id: lease.job_id.clone(),
+        token: lease.token,
+    }
+}
