@@ -87,6 +87,8 @@ pub use memory::{MemoryQueue, MemoryQueueConfig};
 
 #[cfg(feature = "amqp")]
 pub use crate::amqp::{AmqpQueue, AmqpQueueConfig};
+#[cfg(feature = "nats")]
+pub use crate::nats::{NatsQueue, NatsQueueConfig};
 #[cfg(feature = "redis")]
 pub use crate::redis::{RedisQueue, RedisQueueConfig};
 
