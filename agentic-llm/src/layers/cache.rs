@@ -218,6 +218,11 @@ impl Fnv128 {
         }
     }
 
+    /// Lengths as 8 bytes whatever the platform's `usize`, so keys agree across machines.
+    fn write_len(&mut self, len: usize) {
+        self.write(&u64::try_from(len).unwrap_or(u64::MAX).to_le_bytes());
+    }
+
     fn finish(&self) -> u128 {
         self.0
     }
@@ -236,23 +241,23 @@ fn hash_value(hasher: &mut Fnv128, value: &Value) {
         }
         Value::String(s) => {
             hasher.write(b"s");
-            hasher.write(&s.len().to_le_bytes());
+            hasher.write_len(s.len());
             hasher.write(s.as_bytes());
         }
         Value::Array(items) => {
             hasher.write(b"[");
-            hasher.write(&items.len().to_le_bytes());
+            hasher.write_len(items.len());
             for item in items {
                 hash_value(hasher, item);
             }
         }
         Value::Object(map) => {
             hasher.write(b"{");
-            hasher.write(&map.len().to_le_bytes());
+            hasher.write_len(map.len());
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort_unstable();
             for key in keys {
-                hasher.write(&key.len().to_le_bytes());
+                hasher.write_len(key.len());
                 hasher.write(key.as_bytes());
                 if let Some(value) = map.get(key) {
                     hash_value(hasher, value);
