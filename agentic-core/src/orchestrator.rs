@@ -197,14 +197,18 @@ impl Orchestrator {
         let store = &*inner.parts.store;
         let goal = GoalId::generate();
         records::write(store, &inner.keys.plan(&goal), &plan, Expect::Absent).await?;
+        // Remember each record's version: the first change (queueing the task) can then be a
+        // compare-and-set against it without reading the record back.
+        let mut versions = Vec::with_capacity(plan.tasks.len());
         for task in &plan.tasks {
-            records::write(
+            let v = records::write(
                 store,
                 &inner.keys.task(&goal, &task.id),
                 &TaskRecord::new(TaskState::Pending),
                 Expect::Absent,
             )
             .await?;
+            versions.push(Some(v));
         }
         let record = GoalRecord {
             id: goal.clone(),
@@ -234,7 +238,8 @@ impl Orchestrator {
             // Another orchestrator raced to adopt the fresh goal from the index; it drives it.
             return Ok(goal);
         };
-        let runtime = GoalRuntime::new(goal.clone(), Arc::new(plan), lock);
+        let mut runtime = GoalRuntime::new(goal.clone(), Arc::new(plan), lock);
+        runtime.versions = versions;
         let cell = Arc::new(tokio::sync::Mutex::new(runtime));
         let mut rt = cell.lock().await;
         lock_map(&inner.goals).insert(goal.clone(), Arc::clone(&cell));
@@ -334,6 +339,7 @@ impl Orchestrator {
                 Poke {
                     goal: goal.clone(),
                     task: None,
+                    state: None,
                 },
             )
             .await?;
@@ -458,6 +464,7 @@ impl Orchestrator {
                 Poke {
                     goal: goal.clone(),
                     task: Some(task.clone()),
+                    state: None,
                 },
             )
             .await?;
@@ -528,6 +535,42 @@ impl Orchestrator {
                 tracing::debug!(error = %e, "goal lock already gone at shutdown");
             }
         }
+    }
+
+    /// Deletes a finished goal's records (plan, tasks, approvals, goal record) and returns
+    /// whether it existed. Goals are kept after they finish so `wait` and `status` can read
+    /// them; a long-running orchestrator should forget them once their results are consumed,
+    /// or the store grows with every goal. A running goal is refused: cancel it first.
+    pub async fn forget(&self, goal: &GoalId) -> Result<bool, Error> {
+        let inner = &self.inner;
+        let store = &*inner.parts.store;
+        let Some((record, _)) = records::read::<GoalRecord>(store, &inner.keys.goal(goal)).await?
+        else {
+            return Ok(false);
+        };
+        if !record.status.is_terminal() {
+            return Err(Error::InvalidInput(format!(
+                "goal {goal} is still running; cancel it before forgetting it"
+            )));
+        }
+        for prefix in [
+            inner.keys.tasks_prefix(goal),
+            inner.keys.approvals_prefix(goal),
+        ] {
+            loop {
+                // Always from the start: the keys of the previous page are gone.
+                let page = store.scan(&prefix, None, 1000).await?;
+                if page.items.is_empty() {
+                    break;
+                }
+                for (key, _) in page.items {
+                    store.delete(&key, Expect::Any).await?;
+                }
+            }
+        }
+        store.delete(&inner.keys.plan(goal), Expect::Any).await?;
+        store.delete(&inner.keys.goal(goal), Expect::Any).await?;
+        Ok(true)
     }
 
     /// Looks for unfinished goals nobody drives and takes them over now (this also runs
@@ -686,7 +729,7 @@ async fn handle_poke(inner: &Arc<Inner>, poke: &Poke) -> Result<Handled, Error> 
         return Ok(Handled::Done);
     }
     match &poke.task {
-        Some(task) => rt.on_task(inner, task).await?,
+        Some(task) => rt.on_task(inner, task, poke.state).await?,
         None => rt.on_goal(inner).await?,
     }
     rt.check_finished(inner).await?;
@@ -861,6 +904,8 @@ struct GoalRuntime {
     terminal: usize,
     failed: usize,
     unsuccessful: usize,
+    /// Versions of the records as `submit` wrote them (`None` once used, or after a rebuild).
+    versions: Vec<Option<u64>>,
     lock: LockGuard,
     done: bool,
 }
@@ -898,6 +943,7 @@ impl GoalRuntime {
             terminal: 0,
             failed: 0,
             unsuccessful: 0,
+            versions: Vec::new(),
             lock,
             done: false,
         }
@@ -986,16 +1032,29 @@ impl GoalRuntime {
     }
 
     /// A task's record changed: apply it.
-    async fn on_task(&mut self, inner: &Inner, task: &TaskId) -> Result<(), Error> {
+    /// `hint` is the terminal state the poke carried: a success needs no read-back (terminal
+    /// states never change); anything else is read from the store, the truth.
+    async fn on_task(
+        &mut self,
+        inner: &Inner,
+        task: &TaskId,
+        hint: Option<TaskState>,
+    ) -> Result<(), Error> {
         let Some(&i) = self.index.get(task) else {
             return Ok(());
         };
         if self.state[i].is_terminal() {
             return Ok(());
         }
-        let key = inner.keys.task(&self.id, task);
-        let Some((rec, _)) = records::read::<TaskRecord>(&*inner.parts.store, &key).await? else {
-            return Ok(());
+        let rec = if hint == Some(TaskState::Succeeded) {
+            TaskRecord::new(TaskState::Succeeded)
+        } else {
+            let key = inner.keys.task(&self.id, task);
+            let Some((rec, _)) = records::read::<TaskRecord>(&*inner.parts.store, &key).await?
+            else {
+                return Ok(());
+            };
+            rec
         };
         self.state[i] = rec.state;
         match rec.state {
@@ -1056,7 +1115,7 @@ impl GoalRuntime {
         let key = inner.keys.task(&self.id, &spec.id);
         let needs_approval = spec.requires_approval;
         let mut held = false;
-        let written = records::modify::<TaskRecord, _>(&*inner.parts.store, &key, |r| {
+        let decide = |r: &mut TaskRecord| {
             if r.state != TaskState::Pending {
                 return false;
             }
@@ -1070,9 +1129,17 @@ impl GoalRuntime {
             }
             r.updated_ms = now_ms();
             true
-        })
-        .await?;
-        let Modified::Written(rec) = written else {
+        };
+        let store = &*inner.parts.store;
+        let written = match self.versions.get_mut(i).and_then(Option::take) {
+            // Unchanged since submit wrote it, unless an approval or a cancel came between.
+            Some(v) => {
+                records::modify_known(store, &key, TaskRecord::new(TaskState::Pending), v, decide)
+                    .await?
+            }
+            None => records::modify(store, &key, decide).await?,
+        };
+        let Modified::Written(rec, _) = written else {
             return Ok(());
         };
         self.state[i] = rec.state;

@@ -41,8 +41,8 @@ pub(crate) async fn write<T: Serialize>(
 
 /// The result of [`modify`].
 pub(crate) enum Modified<T> {
-    /// `f` changed the record and it was written.
-    Written(T),
+    /// `f` changed the record and it was written at this version.
+    Written(T, u64),
     /// `f` declined to change the record as it is now.
     Unchanged(T),
     /// No such record.
@@ -73,7 +73,7 @@ where
             return Ok(Modified::Unchanged(value));
         }
         match write(store, key, &value, Expect::Version(version)).await {
-            Ok(_) => return Ok(Modified::Written(value)),
+            Ok(v) => return Ok(Modified::Written(value, v)),
             Err(Error::Store(e)) if e.is_conflict() => continue,
             Err(e) => return Err(e),
         }
@@ -83,4 +83,28 @@ where
         expected: format!("a quiet record within {MAX_CAS_ROUNDS} compare-and-set rounds"),
         found: None,
     }))
+}
+
+/// [`modify`] starting from a value and version the caller already holds (it wrote or read
+/// them itself), saving the read when nobody changed the record since. On a conflict it
+/// falls back to [`modify`], which reads the fresh record and applies `f` again.
+pub(crate) async fn modify_known<T, F>(
+    store: &dyn StateStore,
+    key: &str,
+    mut value: T,
+    version: u64,
+    mut f: F,
+) -> Result<Modified<T>, Error>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnMut(&mut T) -> bool,
+{
+    if !f(&mut value) {
+        return Ok(Modified::Unchanged(value));
+    }
+    match write(store, key, &value, Expect::Version(version)).await {
+        Ok(v) => Ok(Modified::Written(value, v)),
+        Err(Error::Store(e)) if e.is_conflict() => modify(store, key, f).await,
+        Err(e) => Err(e),
+    }
 }

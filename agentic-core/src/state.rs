@@ -191,6 +191,10 @@ pub struct Poke {
     /// The task, or `None` for the goal record itself (e.g. a cancel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskId>,
+    /// The task's terminal state, when the sender just recorded it. Terminal states never
+    /// change, so the receiver may trust it instead of reading the record back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TaskState>,
 }
 
 /// Key and queue names under one namespace.
@@ -222,6 +226,10 @@ impl Keys {
 
     pub(crate) fn approval(&self, goal: &GoalId, task: &TaskId) -> String {
         format!("{}/goal/{}/approval/{}", self.ns, goal, task)
+    }
+
+    pub(crate) fn approvals_prefix(&self, goal: &GoalId) -> String {
+        format!("{}/goal/{}/approval/", self.ns, goal)
     }
 
     pub(crate) fn active(&self, goal: &GoalId) -> String {

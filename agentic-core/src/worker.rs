@@ -1,5 +1,6 @@
 //! Workers: take tasks off the queues, run agents under a lease heartbeat, record results.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use crate::event::EventKind;
 use crate::orchestrator::GoalStatus;
 use crate::records::{self, Modified};
 use crate::state::{GoalRecord, Keys, Poke, StopRecord, TaskEnvelope, TaskRecord, TaskState};
-use crate::{Error, Parts};
+use crate::{Error, GoalId, Parts};
 
 /// Deliveries a task job may have on its queue. Runs and failures are counted in the task's
 /// record, not by the queue (an emergency stop gives jobs back without counting a failure),
@@ -107,6 +108,7 @@ impl WorkerBuilder {
             config: self.config,
             stopped: stop_rx,
             shutdown: shutdown.clone(),
+            running_goals: Mutex::new(HashMap::new()),
         });
         let mut handles = Vec::new();
         handles.push(AbortOnDropHandle::new(tokio::spawn(watch_stop_flag(
@@ -186,6 +188,44 @@ struct WorkerInner {
     config: WorkerConfig,
     stopped: watch::Receiver<bool>,
     shutdown: CancellationToken,
+    /// Goals recently seen running, so a burst of tasks of one goal reads its record once per
+    /// `stop_poll` instead of once per task. A cancel is still seen within `stop_poll` at
+    /// pickup, and by running tasks at their next heartbeat.
+    running_goals: Mutex<HashMap<GoalId, tokio::time::Instant>>,
+}
+
+impl WorkerInner {
+    /// The goal's status: `None` if the goal does not exist.
+    async fn goal_status(&self, goal: &GoalId) -> Result<Option<GoalStatus>, Error> {
+        let now = tokio::time::Instant::now();
+        let fresh = lock(&self.running_goals)
+            .get(goal)
+            .is_some_and(|seen| now.duration_since(*seen) < self.config.stop_poll);
+        if fresh {
+            return Ok(Some(GoalStatus::Running));
+        }
+        let status = records::read::<GoalRecord>(&*self.parts.store, &self.keys.goal(goal))
+            .await?
+            .map(|(g, _)| g.status);
+        let mut seen = lock(&self.running_goals);
+        if status == Some(GoalStatus::Running) {
+            // Bounded: entries are only useful for `stop_poll`, so drop them all when many.
+            if seen.len() >= 4096 {
+                seen.clear();
+            }
+            seen.insert(goal.clone(), now);
+        } else {
+            seen.remove(goal);
+        }
+        Ok(status)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
 }
 
 /// Mirrors the store's emergency-stop flag into a watch channel, so every loop and running
@@ -346,7 +386,7 @@ async fn run_task(
     }
     let goal_key = inner.keys.goal(&env.goal);
     let task_key = inner.keys.task(&env.goal, &env.task);
-    let Some((goal, _)) = records::read::<GoalRecord>(store, &goal_key).await? else {
+    let Some(goal_status) = inner.goal_status(&env.goal).await? else {
         let reason = format!("goal {} does not exist", env.goal);
         queue.nack(lease, Retry::DeadLetter, &reason).await?;
         events.emit_with(Some(&env.goal), Some(&env.task), || {
@@ -354,11 +394,11 @@ async fn run_task(
         });
         return Ok(());
     };
-    if goal.status != GoalStatus::Running {
-        let reason = format!("goal is {:?}", goal.status);
+    if goal_status != GoalStatus::Running {
+        let reason = format!("goal is {goal_status:?}");
         cancel_record(store, &task_key, &reason).await?;
         queue.ack(lease).await.or_else(ignore_lease_lost)?;
-        poke(inner, env).await?;
+        poke(inner, env, None).await?;
         return Ok(());
     }
 
@@ -393,7 +433,7 @@ async fn run_task(
         _ => false,
     })
     .await?;
-    let record = match claimed {
+    let (record, version) = match claimed {
         Modified::Missing => {
             let reason = format!("task {} has no record in goal {}", env.task, env.goal);
             queue.nack(lease, Retry::DeadLetter, &reason).await?;
@@ -406,7 +446,7 @@ async fn run_task(
             // A duplicate delivery of a finished task (e.g. the ack was lost): finish the job
             // and repeat the poke in case the first one was lost too.
             queue.ack(lease).await.or_else(ignore_lease_lost)?;
-            poke(inner, env).await?;
+            poke(inner, env, Some(r.state)).await?;
             return Ok(());
         }
         Modified::Unchanged(r) => {
@@ -417,7 +457,7 @@ async fn run_task(
             });
             return Ok(());
         }
-        Modified::Written(r) => r,
+        Modified::Written(r, v) => (r, v),
     };
     if record.state == TaskState::Failed {
         let error = record.error.clone().unwrap_or_default();
@@ -425,6 +465,9 @@ async fn run_task(
         return Ok(());
     }
     let my_run = record.runs;
+    // The record as this run claimed it: the result is written against this version, so no
+    // read is needed unless someone changed the record meanwhile.
+    let claimed_record = record;
     events.emit_with(Some(&env.goal), Some(&env.task), || {
         EventKind::TaskStarted {
             agent: agent_name.to_owned(),
@@ -465,7 +508,9 @@ async fn run_task(
         max_attempts,
         tenant: env.tenant.clone(),
     };
-    let guard = AbortOnDropHandle::new(tokio::spawn(guard_run(
+    // The guard runs in this task beside the agent (no spawn per delivery): it heartbeats,
+    // watches the stop flag and the goal, and ends the select when it cancels the run.
+    let guard = guard_run(
         Arc::clone(&inner.parts.queue),
         Arc::clone(&inner.parts.store),
         goal_key.clone(),
@@ -475,14 +520,14 @@ async fn run_task(
         cancel.clone(),
         Arc::clone(&cut_short),
         inner.shutdown.clone(),
-    )));
+    );
     let started = tokio::time::Instant::now();
     let deadline = env.deadline_ms.map(Duration::from_millis);
     let outcome = tokio::select! {
         r = run_with_deadline(agent, &task, &cx, deadline) => r,
+        () = guard => Err(AgentError::cancelled()),
         _ = cancel.cancelled() => Err(AgentError::cancelled()),
     };
-    drop(guard);
     let elapsed = started.elapsed();
     let lease = match shared_lease.lock() {
         Ok(l) => l.clone(),
@@ -502,15 +547,21 @@ async fn run_task(
         }
         (_, Some(cut @ (CutShort::Stop | CutShort::Shutdown))) => {
             // Give the task back without counting a failure: it runs again after resume.
-            records::modify::<TaskRecord, _>(store, &task_key, |r| {
-                if !mine(r) {
-                    return false;
-                }
-                r.state = TaskState::Queued;
-                r.runs -= 1;
-                r.updated_ms = crate::event::now_ms();
-                true
-            })
+            records::modify_known(
+                store,
+                &task_key,
+                claimed_record,
+                version,
+                |r: &mut TaskRecord| {
+                    if !mine(r) {
+                        return false;
+                    }
+                    r.state = TaskState::Queued;
+                    r.runs -= 1;
+                    r.updated_ms = crate::event::now_ms();
+                    true
+                },
+            )
             .await?;
             let why = if cut == CutShort::Stop {
                 "emergency stop"
@@ -530,19 +581,25 @@ async fn run_task(
         (_, Some(CutShort::GoalEnded)) => {
             cancel_record(store, &task_key, "the goal ended while the task ran").await?;
             queue.ack(&lease).await.or_else(ignore_lease_lost)?;
-            poke(inner, env).await?;
+            poke(inner, env, None).await?;
         }
         (Ok(output), None) => {
-            let written = records::modify::<TaskRecord, _>(store, &task_key, |r| {
-                if !mine(r) {
-                    return false;
-                }
-                r.state = TaskState::Succeeded;
-                r.output = Some(output.0.clone());
-                r.error = None;
-                r.updated_ms = crate::event::now_ms();
-                true
-            })
+            let written = records::modify_known(
+                store,
+                &task_key,
+                claimed_record,
+                version,
+                |r: &mut TaskRecord| {
+                    if !mine(r) {
+                        return false;
+                    }
+                    r.state = TaskState::Succeeded;
+                    r.output = Some(output.0.clone());
+                    r.error = None;
+                    r.updated_ms = crate::event::now_ms();
+                    true
+                },
+            )
             .await?;
             if let Modified::Written(..) = written {
                 queue.ack(&lease).await.or_else(ignore_lease_lost)?;
@@ -552,29 +609,35 @@ async fn run_task(
                         elapsed_ms: elapsed.as_millis() as u64,
                     }
                 });
-                poke(inner, env).await?;
+                poke(inner, env, Some(TaskState::Succeeded)).await?;
             }
         }
         (Err(err), None) => {
             let mut retry_in = None;
-            let written = records::modify::<TaskRecord, _>(store, &task_key, |r| {
-                if !mine(r) {
-                    return false;
-                }
-                r.failures += 1;
-                r.error = Some(err.message.clone());
-                r.updated_ms = crate::event::now_ms();
-                if err.retryable && r.failures < max_attempts {
-                    r.state = TaskState::Queued;
-                    retry_in = Some(env.retry.delay_after(r.failures));
-                } else {
-                    r.state = TaskState::Failed;
-                    retry_in = None;
-                }
-                true
-            })
+            let written = records::modify_known(
+                store,
+                &task_key,
+                claimed_record,
+                version,
+                |r: &mut TaskRecord| {
+                    if !mine(r) {
+                        return false;
+                    }
+                    r.failures += 1;
+                    r.error = Some(err.message.clone());
+                    r.updated_ms = crate::event::now_ms();
+                    if err.retryable && r.failures < max_attempts {
+                        r.state = TaskState::Queued;
+                        retry_in = Some(env.retry.delay_after(r.failures));
+                    } else {
+                        r.state = TaskState::Failed;
+                        retry_in = None;
+                    }
+                    true
+                },
+            )
             .await?;
-            if let Modified::Written(r) = written {
+            if let Modified::Written(r, _) = written {
                 match retry_in {
                     Some(delay) => {
                         queue
@@ -690,7 +753,7 @@ async fn finish_failed(
     events.emit_with(Some(&env.goal), Some(&env.task), || {
         EventKind::TaskDeadLettered { reason }
     });
-    poke(inner, env).await
+    poke(inner, env, Some(TaskState::Failed)).await
 }
 
 async fn cancel_record(
@@ -713,7 +776,13 @@ async fn cancel_record(
 
 /// Tells the orchestrators that a plan task changed. Subtasks are awaited by their
 /// delegating agent, not by the orchestrator.
-async fn poke(inner: &WorkerInner, env: &TaskEnvelope) -> Result<(), Error> {
+/// `state` is the task's terminal state when this worker just recorded it (or found it
+/// recorded): the orchestrator can then skip reading the record back.
+async fn poke(
+    inner: &WorkerInner,
+    env: &TaskEnvelope,
+    state: Option<TaskState>,
+) -> Result<(), Error> {
     if env.delegated {
         return Ok(());
     }
@@ -723,6 +792,7 @@ async fn poke(inner: &WorkerInner, env: &TaskEnvelope) -> Result<(), Error> {
         Poke {
             goal: env.goal.clone(),
             task: Some(env.task.clone()),
+            state: state.filter(|s| s.is_terminal()),
         },
     )
     .await

@@ -841,6 +841,29 @@ async fn deadline_cancels_a_slow_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_goal_can_be_forgotten() {
+    let (parts, _rec) = setup();
+    let orchestrator = Orchestrator::start(parts.clone());
+    let _worker = Worker::builder(parts.clone())
+        .agent(Echo::default())
+        .start();
+    let plan = Plan::builder("forget")
+        .task(TaskSpec::new("a", "echo"))
+        .task(TaskSpec::new("b", "echo").after(["a"]))
+        .build()
+        .unwrap();
+    let result = run(&orchestrator, plan).await;
+    assert!(orchestrator.forget(&result.goal).await.unwrap());
+    let left = parts.store.scan("agentic/goal/", None, 100).await.unwrap();
+    assert!(left.items.is_empty(), "{:?}", left.items);
+    assert!(matches!(
+        orchestrator.status(&result.goal).await,
+        Err(agentic_core::Error::GoalNotFound(_))
+    ));
+    assert!(!orchestrator.forget(&result.goal).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsonl_decision_log_records_the_goal() {
     let path = std::env::temp_dir().join(format!("agentic-test-{}.jsonl", fastrand::u64(..)));
     let parts = Parts::in_memory().with_sink(JsonlSink::append(&path).unwrap());
