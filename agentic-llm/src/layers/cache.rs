@@ -7,7 +7,7 @@
 //! and accounting hints do not change the answer). Entries expire after a TTL; when the
 //! cache is full the least recently used entry goes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -48,54 +48,61 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Store {
     entries: HashMap<u128, Entry>,
-    /// A logical clock for least-recently-used eviction (cheaper than reading time).
+    /// Keys by last use (a logical clock, cheaper than reading time), oldest first: the
+    /// next to evict is the first, so eviction costs a log, not a scan of the cache.
+    recency: BTreeMap<u64, u128>,
     tick: u64,
 }
 
 impl Store {
-    fn get(&mut self, key: u128, now: Instant) -> Option<ChatResponse> {
+    fn touch(&mut self, key: u128) -> u64 {
         self.tick += 1;
-        let tick = self.tick;
-        match self.entries.get_mut(&key) {
-            Some(entry) if entry.expires > now => {
-                entry.last_used = tick;
-                Some(entry.response.clone())
-            }
-            Some(_) => {
-                self.entries.remove(&key);
-                None
-            }
-            None => None,
+        self.recency.insert(self.tick, key);
+        self.tick
+    }
+
+    fn remove(&mut self, key: u128) {
+        if let Some(entry) = self.entries.remove(&key) {
+            self.recency.remove(&entry.last_used);
         }
+    }
+
+    fn get(&mut self, key: u128, now: Instant) -> Option<ChatResponse> {
+        let (expired, last_used) = match self.entries.get(&key) {
+            Some(entry) => (entry.expires <= now, entry.last_used),
+            None => return None,
+        };
+        if expired {
+            self.remove(key);
+            return None;
+        }
+        self.recency.remove(&last_used);
+        let tick = self.touch(key);
+        let entry = self.entries.get_mut(&key)?;
+        entry.last_used = tick;
+        Some(entry.response.clone())
     }
 
     fn insert(&mut self, key: u128, response: ChatResponse, config: &CacheConfig, now: Instant) {
         if config.max_entries == 0 {
             return;
         }
-        if self.entries.len() >= config.max_entries && !self.entries.contains_key(&key) {
-            self.entries.retain(|_, e| e.expires > now);
-        }
-        // Eviction scans the map: fine for the thousands of entries a response cache holds,
-        // and it keeps lookups (the hot path) a single hash probe.
-        while self.entries.len() >= config.max_entries && !self.entries.contains_key(&key) {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| *k)
-            else {
+        self.remove(key);
+        // Expired entries are dropped when looked up; here the least recently used goes,
+        // expired or not.
+        while self.entries.len() >= config.max_entries {
+            let Some((_, oldest)) = self.recency.pop_first() else {
                 break;
             };
             self.entries.remove(&oldest);
         }
-        self.tick += 1;
+        let tick = self.touch(key);
         self.entries.insert(
             key,
             Entry {
                 response,
                 expires: now + config.ttl,
-                last_used: self.tick,
+                last_used: tick,
             },
         );
     }
