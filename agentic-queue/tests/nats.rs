@@ -9,7 +9,11 @@
 #![cfg(all(feature = "test-kit", feature = "nats"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +22,7 @@ use agentic_queue::{
     QueueCapabilities, QueueError, QueueStats, Retry, TaskQueue,
 };
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 fn nats_url(test: &str) -> Option<String> {
     match std::env::var("AGENTIC_NATS_URL") {
@@ -139,5 +144,507 @@ mod conformance {
     agentic_queue::queue_conformance_suite!(make = super::shared_queue(), prefix = "nats");
 }
 
-#[allow(dead_code)]
-fn unused(_: BTreeMap<(), ()>, _: Arc<()>) {}
+fn unique(name: &str) -> String {
+    format!("{name}-{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
+}
+
+/// `workers` workers, each on its own connection (as separate processes would be), share
+/// one queue of `jobs` jobs. No job is ever held by two workers at once (leases are long
+/// enough never to expire), and every job is acked exactly once.
+async fn workers_share_no_job(workers: usize, jobs: usize) {
+    let test = format!("{workers}_workers_share_no_job");
+    let Some(url) = nats_url(&test) else {
+        return;
+    };
+    let admin = TestQueue::connect(url.clone(), |_| {}).await;
+    let q = unique(&format!("fault-{workers}w"));
+    admin.touch(&q);
+    let mut ids = HashSet::new();
+    for chunk in 0..jobs / 100 {
+        let batch = (0..100)
+            .map(|i| NewJob::new(format!("job-{}", chunk * 100 + i).into_bytes()))
+            .collect();
+        for e in admin.enqueue_batch(&q, batch).await.unwrap() {
+            ids.insert(e.id);
+        }
+    }
+    assert_eq!(ids.len(), jobs);
+
+    let holding: Arc<Mutex<HashMap<JobId, usize>>> = Arc::default();
+    let acked: Arc<Mutex<HashMap<JobId, usize>>> = Arc::default();
+    let done = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let url = url.clone();
+        let (q, holding, acked, done) = (q.clone(), holding.clone(), acked.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let queue = NatsQueue::connect_with(NatsQueueConfig::new(url).prefix("agqtest"))
+                .await
+                .unwrap();
+            while done.load(Ordering::SeqCst) < jobs && Instant::now() < deadline {
+                let got = queue
+                    .dequeue(&q, 7, Duration::from_secs(20), Duration::from_millis(200))
+                    .await
+                    .unwrap();
+                for d in &got {
+                    let other = holding.lock().unwrap().insert(d.job_id().clone(), w);
+                    assert!(
+                        other.is_none(),
+                        "job {} held by workers {w} and {other:?} at once",
+                        d.job_id()
+                    );
+                }
+                // "Work": long enough for the other workers to race for the same jobs.
+                tokio::time::sleep(Duration::from_millis(fastrand_ms())).await;
+                for d in &got {
+                    holding.lock().unwrap().remove(d.job_id());
+                    queue.ack(&d.lease).await.unwrap();
+                    *acked.lock().unwrap().entry(d.job_id().clone()).or_default() += 1;
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap();
+    assert_eq!(acked.len(), jobs, "{test}: every job acked");
+    assert!(
+        acked.values().all(|&n| n == 1),
+        "{test}: a job was acked twice"
+    );
+    assert_eq!(acked.keys().cloned().collect::<HashSet<_>>(), ids);
+    assert_eq!(admin.stats(&q).await.unwrap(), QueueStats::default());
+}
+
+fn fastrand_ms() -> u64 {
+    rand_u64() % 4
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_no_job() {
+    workers_share_no_job(2, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_share_no_job() {
+    workers_share_no_job(4, 1000).await;
+}
+
+/// A worker that dies holding jobs (its connection closes without acks) loses nothing:
+/// after the lease (here the consumer's `ack_wait`, so no Nak was even sent) another
+/// worker gets every job with attempt 2. A worker that only stalls past its lease has its
+/// late ack refused and the job stays with the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_worker_jobs_are_redelivered() {
+    let Some(url) = nats_url("dead_worker_jobs_are_redelivered") else {
+        return;
+    };
+    let lease = Duration::from_secs(2);
+    let config = |url: String| {
+        let mut c = NatsQueueConfig::new(url).prefix("agqtest");
+        c.ack_wait = lease;
+        c
+    };
+    let admin = TestQueue::connect(url.clone(), |c| c.ack_wait = lease).await;
+    let q = unique("fault-dead");
+    admin.touch(&q);
+    let jobs = (0..10)
+        .map(|i| NewJob::new(format!("d{i}").into_bytes()))
+        .collect();
+    let ids: HashSet<JobId> = admin
+        .enqueue_batch(&q, jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+
+    let doomed = NatsQueue::connect_with(config(url.clone())).await.unwrap();
+    let held = doomed
+        .dequeue(&q, 10, lease, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 10);
+    let stalled_lease = held[0].lease.clone();
+    let started = Instant::now();
+    drop(held);
+    // The "crash": the only handle goes away and the connection with it. (Keep a clone to
+    // play the stalled worker, which does not touch the jobs until too late.)
+    let stalled = doomed.clone();
+    drop(doomed);
+
+    let survivor = NatsQueue::connect_with(config(url)).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 10 && started.elapsed() < Duration::from_secs(10) {
+        got.extend(
+            survivor
+                .dequeue(&q, 10, Duration::from_secs(20), Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(got.len(), 10, "every job of the dead worker came back");
+    assert!(
+        elapsed + Duration::from_millis(25) >= lease,
+        "redelivered after {elapsed:?}, before the lease ended"
+    );
+    assert!(
+        got.iter().all(|d| d.attempt == 2),
+        "attempt 2 after the lease expired"
+    );
+    assert!(
+        got.iter()
+            .all(|d| d.last_error.as_deref() == Some("lease expired"))
+    );
+    assert_eq!(
+        got.iter()
+            .map(|d| d.job_id().clone())
+            .collect::<HashSet<_>>(),
+        ids
+    );
+
+    let late = stalled.ack(&stalled_lease).await;
+    assert!(
+        matches!(late, Err(QueueError::LeaseLost { .. })),
+        "a stalled worker's late ack: {late:?}"
+    );
+    assert_eq!(
+        admin.stats(&q).await.unwrap().leased,
+        10,
+        "the late ack did not take the job from its new owner"
+    );
+    for d in &got {
+        survivor.ack(&d.lease).await.unwrap();
+    }
+    assert_eq!(admin.stats(&q).await.unwrap(), QueueStats::default());
+}
+
+/// Messages that do not decode (no headers at all, nonsense headers) are dead-lettered with
+/// the reason instead of blocking the queue or being dropped; a job a worker cannot use is
+/// dead-lettered with the worker's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_payloads_are_dead_lettered() {
+    let Some(url) = nats_url("poison_payloads_are_dead_lettered") else {
+        return;
+    };
+    let queue = TestQueue::connect(url, |_| {}).await;
+    let q = unique("fault-poison");
+    queue
+        .enqueue(&q, NewJob::new(b"fine".to_vec()))
+        .await
+        .unwrap();
+    // Foreign publishers write straight to the level subject.
+    let js = async_nats::jetstream::new(queue.queue.client().clone());
+    let subject = format!("agqtest.{q}.p.0");
+    js.publish(subject.clone(), "no headers at all".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Agq-Id", "not.a.valid.id");
+    h.insert("Agq-Max", "many");
+    js.publish_with_headers(subject, h, "bad headers".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    queue
+        .enqueue(&q, NewJob::new(b"{not json".to_vec()))
+        .await
+        .unwrap();
+
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while got.len() < 2 && Instant::now() < until {
+        got.extend(
+            queue
+                .dequeue(&q, 10, Duration::from_secs(10), Duration::from_millis(300))
+                .await
+                .unwrap(),
+        );
+    }
+    let payloads: Vec<&[u8]> = got.iter().map(|d| d.payload.as_ref()).collect();
+    assert_eq!(
+        payloads,
+        [&b"fine"[..], &b"{not json"[..]],
+        "only the decodable jobs are delivered"
+    );
+    queue.ack(&got[0].lease).await.unwrap();
+    let outcome = queue
+        .nack(&got[1].lease, Retry::DeadLetter, "payload is not JSON")
+        .await
+        .unwrap();
+    assert_eq!(outcome, NackOutcome::DeadLettered);
+
+    let dead = queue.dead_letters(&q, 10).await.unwrap();
+    let by_payload: HashMap<&[u8], &DeadLetter> =
+        dead.iter().map(|d| (d.payload.as_ref(), d)).collect();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for raw in [&b"no headers at all"[..], b"bad headers"] {
+        let dl = by_payload[raw];
+        assert!(dl.reason.contains("undecodable"), "reason {:?}", dl.reason);
+        assert_eq!(dl.attempts, 1);
+    }
+    assert!(
+        by_payload[&b"{not json"[..]]
+            .reason
+            .contains("payload is not JSON")
+    );
+    assert_eq!(
+        queue.stats(&q).await.unwrap(),
+        QueueStats {
+            dead: 3,
+            ..QueueStats::default()
+        }
+    );
+}
+
+/// A private `nats-server -js` on a free port with its own store directory, killed (and the
+/// directory removed) on drop. The shared server is never touched.
+struct PrivateNats {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateNats {
+    fn start() -> PrivateNats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("agentic-nats-{port}-{:x}", rand_u64()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut me = PrivateNats {
+            child: None,
+            port,
+            dir,
+        };
+        me.spawn();
+        me
+    }
+
+    fn spawn(&mut self) {
+        let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        let child = Command::new(bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "AGENTIC_NATS_URL is set, so nats-server must be installed for the restart test",
+            );
+        self.child = Some(child);
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("private nats-server on port {} did not come up", self.port);
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no shutdown, no goodbye to clients.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// 10,000 jobs, two workers, and the server killed (SIGKILL) and restarted on the same port
+/// and store in the middle of the run: every job is completed at least once, none is lost
+/// or dead-lettered, and the queue drains to empty. Jobs in flight at the kill come back
+/// after their lease; acks the killed server had confirmed but not yet written come back as
+/// already-acked messages, which the workers' sweeps purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_loses_no_job() {
+    const JOBS: usize = 10_000;
+    if nats_url("server_restart_loses_no_job").is_none() {
+        return;
+    }
+    let mut server = PrivateNats::start();
+    let lease = Duration::from_secs(3);
+    let config = |url: String| {
+        let mut c = NatsQueueConfig::new(url).prefix("agqtest");
+        c.ack_wait = lease;
+        c.request_timeout = Duration::from_secs(2);
+        c
+    };
+    let admin = NatsQueue::connect_with(config(server.url())).await.unwrap();
+    let q = unique("fault-restart");
+    let mut all = HashSet::new();
+    for chunk in 0..JOBS / 500 {
+        let batch = (0..500)
+            .map(|i| NewJob::new(format!("r{}", chunk * 500 + i).into_bytes()))
+            .collect();
+        for e in admin.enqueue_batch(&q, batch).await.unwrap() {
+            all.insert(e.id);
+        }
+    }
+    assert_eq!(all.len(), JOBS);
+
+    // Completed: processed by a worker and acked. An ack whose confirmation was lost with
+    // the server is retried while the lease lasts; if the lease ends first, the job was
+    // still processed and its ack sent, and the server either applied it or redelivers.
+    let completed: Arc<Mutex<HashMap<JobId, usize>>> = Arc::default();
+    let unconfirmed = Arc::new(AtomicUsize::new(0));
+    let deliveries = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let queue = NatsQueue::connect_with(config(server.url())).await.unwrap();
+        let (q, completed, unconfirmed, deliveries, stop) = (
+            q.clone(),
+            completed.clone(),
+            unconfirmed.clone(),
+            deliveries.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let got = match queue
+                    .dequeue(&q, 50, lease, Duration::from_millis(500))
+                    .await
+                {
+                    Ok(got) => got,
+                    // The server is away: try again until it is back.
+                    Err(e) => {
+                        assert!(
+                            e.is_retryable(),
+                            "a non-retryable error during the restart: {e}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                deliveries.fetch_add(got.len(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await; // the "work"
+                let mut pending: Vec<&Delivery> = got.iter().collect();
+                while !pending.is_empty() {
+                    let leases: Vec<Lease> = pending.iter().map(|d| d.lease.clone()).collect();
+                    let results = queue.ack_many(&leases).await;
+                    let mut retry = Vec::new();
+                    for (d, r) in pending.into_iter().zip(results) {
+                        match r {
+                            Ok(()) => {
+                                *completed
+                                    .lock()
+                                    .unwrap()
+                                    .entry(d.job_id().clone())
+                                    .or_default() += 1;
+                            }
+                            Err(e) if e.is_retryable() => retry.push(d),
+                            // The lease ran out while the server was away: the ack was sent
+                            // (maybe applied); otherwise the job is redelivered.
+                            Err(QueueError::LeaseLost { .. }) => {
+                                unconfirmed.fetch_add(1, Ordering::SeqCst);
+                                *completed
+                                    .lock()
+                                    .unwrap()
+                                    .entry(d.job_id().clone())
+                                    .or_default() += 1;
+                            }
+                            Err(e) => panic!("ack failed: {e}"),
+                        }
+                    }
+                    pending = retry;
+                    if !pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }));
+    }
+    while completed.lock().unwrap().len() < 2000 {
+        assert!(Instant::now() < deadline, "workers made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let at_kill = completed.lock().unwrap().len();
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.spawn();
+
+    // Done when every job was completed and the stream is empty (stats and raw message
+    // count): whatever the killed server forgot must have been run again or purged.
+    let js = async_nats::jetstream::new(admin.client().clone());
+    let stream_name = format!("agqtest_{q}");
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let done = completed.lock().unwrap().len();
+        let stats = admin.stats(&q).await;
+        let held = match js.get_stream(&stream_name).await {
+            Ok(s) => Some(s.cached_info().state.messages),
+            Err(_) => None,
+        };
+        if done == JOBS && matches!(stats, Ok(s) if s == QueueStats::default()) && held == Some(0) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let c: Result<serde_json::Value, _> = js
+                .request(
+                    format!("CONSUMER.INFO.{stream_name}.level-0"),
+                    &serde_json::json!({}),
+                )
+                .await;
+            panic!(
+                "the queue did not drain after the restart: {done} of {JOBS} completed, stats {stats:?}, {held:?} messages in the stream, consumer {c:?}"
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let completed = completed.lock().unwrap();
+    println!(
+        "restart: killed after {at_kill} of {JOBS} completed; {} deliveries in all, {} jobs completed more than once, {} acks unconfirmed when their lease ended",
+        deliveries.load(Ordering::SeqCst),
+        completed.values().filter(|&&n| n > 1).count(),
+        unconfirmed.load(Ordering::SeqCst),
+    );
+    assert!(at_kill < JOBS, "the kill happened mid-run");
+    let done: HashSet<JobId> = completed.keys().cloned().collect();
+    assert_eq!(all.difference(&done).count(), 0, "jobs never completed");
+    assert!(
+        admin.dead_letters(&q, 10).await.unwrap().is_empty(),
+        "nothing dead-lettered"
+    );
+    admin.delete_queue(&q).await.unwrap();
+}

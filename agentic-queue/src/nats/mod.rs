@@ -81,8 +81,8 @@
 //!
 //! # Stats (approximations)
 //!
-//! `ready` + `leased` per level come from the subject's message count and the consumer's
-//! ack-pending count; `delayed` is the `delayed` subject's count; `dead` the dead-letter
+//! `ready` and `leased` per level are the level consumer's pending and ack-pending counts
+//! (the subject's message count before anyone dequeued); `delayed` is the `delayed` subject's count; `dead` the dead-letter
 //! stream's. A job waiting out a retry delay is pending on its consumer, so it counts as
 //! `leased`, not `delayed`; a job whose lease expired counts as `leased` until it is
 //! redelivered (the trait allows this).
@@ -244,6 +244,8 @@ struct QueueState {
     names: Names,
     levels: [OnceCell<Level>; 10],
     delayed: OnceCell<Level>,
+    /// When each level was last checked for acked messages the stream still holds.
+    repaired: Mutex<[Option<Instant>; 10]>,
 }
 
 struct Level {
@@ -323,11 +325,21 @@ struct StreamState {
     subjects: Option<HashMap<String, u64>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct ConsumerInfoReply {
     #[serde(default)]
     num_ack_pending: u64,
+    #[serde(default)]
+    num_pending: u64,
+    #[serde(default)]
+    ack_floor: AckFloor,
     error: Option<ApiError>,
+}
+
+#[derive(Deserialize, Default)]
+struct AckFloor {
+    #[serde(default)]
+    stream_seq: u64,
 }
 
 #[derive(Deserialize, Debug)]
@@ -470,6 +482,7 @@ impl NatsQueue {
             names,
             levels: Default::default(),
             delayed: OnceCell::new(),
+            repaired: Mutex::new([None; 10]),
         });
         Ok(lock(&self.inner.queues)
             .entry(queue.to_owned())
@@ -554,8 +567,13 @@ impl NatsQueue {
         Ok(reply.state.map_or(0, |s| s.messages))
     }
 
-    async fn ack_pending(&self, names: &Names, durable: &str) -> Result<u64, QueueError> {
-        let reply: ConsumerInfoReply = self
+    /// A level consumer's counts; `None` when it does not exist (nobody dequeued yet).
+    async fn consumer_info(
+        &self,
+        names: &Names,
+        durable: &str,
+    ) -> Result<Option<ConsumerInfoReply>, QueueError> {
+        let mut reply: ConsumerInfoReply = self
             .inner
             .js
             .request(
@@ -564,10 +582,60 @@ impl NatsQueue {
             )
             .await
             .map_err(|e| QueueError::transient("NATS: consumer info", e))?;
-        if let Some(err) = reply.error {
-            return not_found_or(err).map(|_: Option<()>| 0);
+        if let Some(err) = reply.error.take() {
+            return not_found_or(err);
         }
-        Ok(reply.num_ack_pending)
+        Ok(Some(reply))
+    }
+
+    /// Removes messages a level consumer has already acked but the stream still holds.
+    ///
+    /// A server killed without a clean shutdown can come back with its stream missing
+    /// some of its last deletes while the consumer's ack floor remembers the acks (seen
+    /// with nats-server 2.9): those messages are finished jobs, below the floor, that no
+    /// consumer will ever deliver again. They would sit in the stream for good and count
+    /// as ready, so they are purged: everything on the subject below the ack floor is acked
+    /// by definition. Runs when a level holds messages but a fetch found none, at most
+    /// once per `poll_interval * 5` per level.
+    async fn repair_level(&self, st: &QueueState, priority: u8, held: u64) {
+        {
+            let mut last = lock(&st.repaired);
+            let Some(at) = last.get_mut(usize::from(priority)) else {
+                return;
+            };
+            let now = Instant::now();
+            if at.is_some_and(|t| now < t + self.inner.config.poll_interval * 5) {
+                return;
+            }
+            *at = Some(now);
+        }
+        let info = match self
+            .consumer_info(&st.names, &format!("level-{priority}"))
+            .await
+        {
+            Ok(Some(info)) => info,
+            _ => return,
+        };
+        if held <= info.num_pending + info.num_ack_pending || info.ack_floor.stream_seq == 0 {
+            return;
+        }
+        let Ok(stream) = self.inner.js.get_stream_no_info(&st.names.work).await else {
+            return;
+        };
+        match stream
+            .purge()
+            .filter(st.names.level(priority))
+            .sequence(info.ack_floor.stream_seq + 1)
+            .await
+        {
+            Ok(r) => tracing::warn!(
+                queue = %st.names.work,
+                priority,
+                purged = r.purged,
+                "NATS: removed messages already acked (below the consumer's ack floor) that the stream still held"
+            ),
+            Err(e) => tracing::debug!(error = %e, "NATS: could not purge acked messages"),
+        }
     }
 
     /// Up to `n` messages available now (a no-wait pull), bounded by the request timeout.
@@ -867,6 +935,7 @@ impl NatsQueue {
                 continue;
             }
             let level = self.level(st, priority).await?;
+            let mut first = true;
             loop {
                 let want = max - out.len();
                 if want == 0 {
@@ -890,6 +959,11 @@ impl NatsQueue {
                         out.push(d.0);
                     }
                 }
+                if n == 0 && first {
+                    self.repair_level(st, priority, count(&st.names.level(priority)))
+                        .await;
+                }
+                first = false;
                 if n < want {
                     break;
                 }
@@ -1357,12 +1431,19 @@ impl TaskQueue for NatsQueue {
                 if n == 0 {
                     continue;
                 }
-                let pending = self
-                    .ack_pending(&names, &format!("level-{priority}"))
+                // From the consumer when there is one: it knows what is delivered, and
+                // ignores acked messages a crashed server failed to delete (see
+                // `repair_level`). Before the first dequeue, every message is ready.
+                match self
+                    .consumer_info(&names, &format!("level-{priority}"))
                     .await?
-                    .min(n);
-                stats.leased += pending;
-                stats.ready += n - pending;
+                {
+                    Some(info) => {
+                        stats.leased += info.num_ack_pending;
+                        stats.ready += info.num_pending;
+                    }
+                    None => stats.ready += n,
+                }
             }
         }
         stats.dead = self.stream_messages(&names.dlq).await?;
