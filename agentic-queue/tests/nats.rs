@@ -214,7 +214,7 @@ async fn workers_share_no_job(workers: usize, jobs: usize) {
     for t in tasks {
         t.await.unwrap();
     }
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
     assert_eq!(acked.len(), jobs, "{test}: every job acked");
     assert!(
         acked.values().all(|&n| n == 1),
@@ -632,7 +632,7 @@ async fn server_restart_loses_no_job() {
     for w in workers {
         w.await.unwrap();
     }
-    let completed = completed.lock().unwrap();
+    let completed = completed.lock().unwrap().clone();
     println!(
         "restart: killed after {at_kill} of {JOBS} completed; {} deliveries in all, {} jobs completed more than once, {} acks unconfirmed when their lease ended",
         deliveries.load(Ordering::SeqCst),
