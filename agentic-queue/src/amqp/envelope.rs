@@ -24,6 +24,10 @@ const H_EPOCH: &str = "x-agentic-epoch";
 const H_LAST_ERROR: &str = "x-agentic-last-error";
 const H_REASON: &str = "x-agentic-reason";
 const H_DEAD_AT: &str = "x-agentic-dead-at";
+/// Which copy of a parked lease this is (see `lease`).
+const H_PARK_SERIAL: &str = "x-agentic-park-serial";
+/// The park queue a parked copy came from, so whoever gets it back can delete it.
+const H_PARK_QUEUE: &str = "x-agentic-park-queue";
 /// Set by quorum queues: how often this message was returned to the queue (requeued by a
 /// nack, or its channel closed while it was unacked).
 const H_DELIVERY_COUNT: &str = "x-delivery-count";
@@ -77,6 +81,23 @@ impl Job {
             AMQPValue::LongLongInt(unix_millis(SystemTime::now())),
         );
         Ok(self.properties_with(table))
+    }
+
+    /// The properties of a parked copy: expires after `ttl` (then the broker
+    /// dead-letters it back into the work queue).
+    pub(super) fn parked_properties(
+        &self,
+        serial: u32,
+        ttl: Duration,
+        park_queue: &str,
+    ) -> Result<BasicProperties, QueueError> {
+        let mut table = self.table()?;
+        table.insert(H_PARK_SERIAL.into(), int(serial));
+        table.insert(H_PARK_QUEUE.into(), text(park_queue));
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        Ok(self
+            .properties_with(table)
+            .with_expiration(ShortString::from(ms.to_string())))
     }
 
     fn table(&self) -> Result<FieldTable, QueueError> {
@@ -153,6 +174,22 @@ pub(super) fn delivery_count(props: &BasicProperties) -> u32 {
         .as_ref()
         .and_then(|t| get_u32(t, H_DELIVERY_COUNT))
         .unwrap_or(0)
+}
+
+/// The serial of a parked copy.
+pub(super) fn park_serial(props: &BasicProperties) -> Option<u32> {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|t| get_u32(t, H_PARK_SERIAL))
+}
+
+/// The park queue a copy came back from, if it is one.
+pub(super) fn park_queue(props: &BasicProperties) -> Option<String> {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|t| get_string(t, H_PARK_QUEUE))
 }
 
 /// Reads a dead letter. Messages dead-lettered by the broker itself (its delivery limit)

@@ -13,6 +13,7 @@
 //! | `agentic.q~dead` | quorum | | dead letters, with the reason in headers |
 //! | `agentic.q~delay~<ms>` | quorum | `x-message-ttl: <ms>`, dead-letter into `agentic.q` (at-least-once), `x-expires` | delayed jobs and retry backoffs, one queue per delay (rounded up to two significant digits) |
 //! | `agentic.q~idem~<digest>` | classic | `x-max-length: 1`, `x-overflow: reject-publish`, `x-message-ttl` and `x-expires` from the dedupe window | the record of one idempotency key |
+//! | `agentic.q~lease~<digest>` | quorum | dead-letter into `agentic.q` (at-least-once), `x-expires` | the copy of one lease parked past the broker's consumer timeout (per-message TTL) |
 //!
 //! # How the trait maps onto AMQP
 //!
@@ -21,6 +22,7 @@
 //! | `enqueue` | `basic.publish` (persistent, mandatory) on a confirm channel; returns once the broker confirmed every message |
 //! | `dequeue` | one consumer per queue and process (`basic.qos` prefetch); deliveries wait in a local buffer until a `dequeue` takes them |
 //! | lease | the unacked delivery, plus a local expiry: an expired lease is `basic.nack`ed with requeue (or dead-lettered on its last attempt) |
+//! | long lease | before the broker's `consumer_timeout` would close the channel, the lease is parked: a copy with a TTL, then ack (see `lease.rs`) |
 //! | fencing | a lease is valid only while its delivery is unacked on the channel that received it; the token is `(epoch, attempt)` in the high bits and a per-process delivery number in the low ones |
 //! | attempts | the quorum queue's `x-delivery-count` (every return) plus the deliveries of earlier copies (`x-agentic-attempts`) |
 //! | `nack` retry | publish a copy (attempts, last error) to the delay queue, then ack the delivery |
@@ -38,13 +40,14 @@
 //! | priorities | 1 level (FIFO): quorum queues have no priorities in RabbitMQ 3.x; the job's priority is kept and delivered as given |
 //! | delays | yes, on the broker's clock, rounded up to two significant digits of milliseconds, at most 49 days |
 //! | dedupe | yes, one small classic queue per key for the window (1 hour by default) |
-//! | max lease | the broker's `consumer_timeout` minus a margin ([`AmqpQueueConfig::consumer_timeout`], 30 minutes by default) |
+//! | max lease | unbounded (49 days): past the broker's `consumer_timeout` ([`AmqpQueueConfig::consumer_timeout`]) a lease is parked |
 //! | persistence | quorum queues (Raft, fsynced); confirms only after a majority stored the message |
 //! | waiting | pushed by the broker: a waiting `dequeue` wakes when a delivery arrives |
 //!
 //! See `docs/backends/amqp.md` for the server settings this relies on.
 
 mod envelope;
+mod lease;
 mod link;
 mod topology;
 
@@ -60,7 +63,7 @@ use lapin::Acker;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
-    QueueDeleteOptions, QueuePurgeOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use tokio::sync::Notify;
@@ -68,6 +71,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::envelope::Job;
+use self::lease::{Held, Place};
 use self::link::{Confirmed, Connector, Outgoing, lock, map_err};
 use self::topology::{MAX_DELAY, Names, QueueSpec, delay_bucket_ms};
 use crate::{
@@ -102,8 +106,11 @@ pub struct AmqpQueueConfig {
     pub delivery_limit: u32,
     /// The broker's delivery acknowledgement timeout (`consumer_timeout` in
     /// `rabbitmq.conf`, 30 minutes by default). A delivery unacked for longer closes its
-    /// channel, so leases are capped a margin below it (see
-    /// [`QueueCapabilities::max_lease`]). Raise both together for longer tasks.
+    /// channel (returning every delivery on it), so a lease that must last longer is
+    /// parked shortly before (a tenth, at most a minute): its job is copied into a queue
+    /// of its own with a TTL and the delivery acked. Set this to the server's value; a
+    /// value larger than the server's loses leases, a smaller one parks sooner than
+    /// needed.
     pub consumer_timeout: Duration,
     /// Sets `x-consumer-timeout` to [`AmqpQueueConfig::consumer_timeout`] on every
     /// consumer. Only RabbitMQ 3.12 and newer honour it (3.11.15 for the queue argument);
@@ -221,7 +228,7 @@ struct QueueState {
     names: Names,
     /// Deliveries pushed by the broker that no `dequeue` took yet. A std mutex: never
     /// held across an await.
-    buffer: Mutex<VecDeque<AmqpDelivery>>,
+    buffer: Mutex<VecDeque<(Instant, AmqpDelivery)>>,
     /// Wakes waiting `dequeue`s when the buffer grows or the consumer stops.
     arrived: Notify,
     /// The leases handed out, by (job, token).
@@ -233,6 +240,9 @@ struct QueueState {
     delays: Mutex<BTreeSet<u64>>,
     /// Idempotency record queues used through this process, for `delete_queue`.
     records: Mutex<BTreeSet<String>>,
+    /// Park queues of this process's leases (see `lease`) not known to be deleted, for
+    /// `delete_queue`.
+    parked: Mutex<BTreeSet<String>>,
     /// Deliveries received by this queue's consumers so far.
     received: AtomicU64,
 }
@@ -269,6 +279,7 @@ impl QueueState {
             starting: tokio::sync::Mutex::new(()),
             delays: Mutex::new(BTreeSet::new()),
             records: Mutex::new(BTreeSet::new()),
+            parked: Mutex::new(BTreeSet::new()),
             received: AtomicU64::new(0),
         }
     }
@@ -304,18 +315,9 @@ impl QueueState {
     fn buffered(&self) -> u64 {
         lock(&self.buffer)
             .iter()
-            .filter(|d| d.acker.usable())
+            .filter(|(_, d)| d.acker.usable())
             .count() as u64
     }
-}
-
-/// One lease: a delivery handed to a worker and not yet acked or nacked.
-struct Held {
-    acker: Acker,
-    job: Job,
-    payload: Bytes,
-    attempt: u32,
-    expires_at: Instant,
 }
 
 /// A job handed to `dequeue`'s caller, or a message that has to be dealt with first.
@@ -363,22 +365,32 @@ impl AmqpQueue {
         state.stop_consumer();
         lock(&state.buffer).clear();
         lock(&state.leases).clear();
-        let mut names = vec![state.names.work.clone(), state.names.dead.clone()];
+        // Queues that dead-letter into the work queue go first: a message they moved
+        // into a deleted work queue would wait for it (at-least-once) until they expire.
+        let mut names: Vec<String> = lock(&state.parked).iter().cloned().collect();
         for ms in lock(&state.delays).iter() {
             names.push(state.names.delay(*ms).name().to_owned());
         }
         names.extend(lock(&state.records).iter().cloned());
-        let link = self.inner.connector.get().await?;
-        let admin = link.admin().await?;
+        names.push(state.names.work.clone());
+        names.push(state.names.dead.clone());
+        // Every queue is tried, each twice (a quorum queue's delete can time out under
+        // load); the first error is reported after all were tried.
+        let mut first_error = None;
         for name in names {
-            admin
-                .queue_delete(
-                    ShortString::from(name.as_str()),
-                    QueueDeleteOptions::default(),
-                )
-                .await
-                .map_err(|e| map_err("delete a queue", e))?;
-            link.forget(&name);
+            let mut outcome = Ok(0);
+            for _ in 0..2 {
+                outcome = self.inner.delete(&name).await;
+                if outcome.is_ok() {
+                    break;
+                }
+            }
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         lock(&self.inner.queues).remove(queue);
         Ok(())
@@ -428,7 +440,7 @@ impl Inner {
         }
         state.stop_consumer();
         // Deliveries of the old channel went back to the queue with it.
-        lock(&state.buffer).retain(|d| d.acker.usable());
+        lock(&state.buffer).retain(|(_, d)| d.acker.usable());
         let link = self.connector.get().await?;
         let backlog = link.declare(&state.names.work_spec(), &self.config).await?;
         let channel = link
@@ -473,33 +485,38 @@ impl Inner {
 
     /// Takes up to `max` deliveries from the buffer and turns them into leases.
     fn take(
-        &self,
-        state: &QueueState,
+        self: &Arc<Self>,
+        state: &Arc<QueueState>,
         max: usize,
         lease: Duration,
         started: Instant,
     ) -> Vec<Admitted> {
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(d) = lock(&state.buffer).pop_front() else {
+            let Some((received, d)) = lock(&state.buffer).pop_front() else {
                 break;
             };
             if !d.acker.usable() {
                 // Its channel closed: the broker already put it back in the queue.
                 continue;
             }
-            out.push(self.admit(state, d, lease, started));
+            out.push(self.admit(state, d, received, lease, started));
         }
         out
     }
 
     fn admit(
-        &self,
-        state: &QueueState,
+        self: &Arc<Self>,
+        state: &Arc<QueueState>,
         d: AmqpDelivery,
+        received: Instant,
         lease: Duration,
         started: Instant,
     ) -> Admitted {
+        if let Some(park_queue) = envelope::park_queue(&d.properties) {
+            // A parked lease's copy came back: its worker is gone.
+            self.forget_park_queue(state, park_queue);
+        }
         let returns = envelope::delivery_count(&d.properties);
         let payload = Bytes::from(d.data);
         let job = match Job::parse(&d.properties, d.delivery_tag) {
@@ -564,7 +581,11 @@ impl Inner {
         lock(&state.leases).insert(
             (job.id.clone(), token),
             Held {
-                acker: d.acker,
+                place: Place::Delivered {
+                    acker: d.acker,
+                    // The broker's timer started when it sent the delivery.
+                    deadline: received + self.config.max_lease(),
+                },
                 job,
                 payload,
                 attempt,
@@ -572,99 +593,6 @@ impl Inner {
             },
         );
         Admitted::Deliver(delivery)
-    }
-
-    /// Publishes a dead letter, then acks the delivery it replaces.
-    async fn dead_letter(
-        &self,
-        state: &QueueState,
-        acker: &Acker,
-        job: &Job,
-        payload: &Bytes,
-        attempts: u32,
-        reason: &str,
-    ) -> Result<(), QueueError> {
-        let message = Outgoing {
-            queue: state.names.dead_spec(),
-            payload: payload.clone(),
-            properties: job.dead_properties(attempts, reason)?,
-        };
-        self.publish_all(std::slice::from_ref(&message)).await?;
-        tracing::info!(queue = %state.names.queue, job = %job.id, reason, "job dead-lettered");
-        // If this ack is lost (channel gone), the job is delivered again and also in the
-        // dead letters: a duplicate, never a loss.
-        let _ = acker.ack(BasicAckOptions::default()).await;
-        Ok(())
-    }
-
-    /// Removes the lease if it is current; `Err(LeaseLost)` otherwise. A lease found
-    /// expired is handled as an expiry (nacked back, or dead-lettered).
-    async fn claim(&self, lease: &Lease) -> Result<(Arc<QueueState>, Held), QueueError> {
-        let state = self.state(&lease.queue)?;
-        let key = (lease.job_id.clone(), lease.token);
-        let held = lock(&state.leases).remove(&key);
-        let Some(held) = held else {
-            return Err(lease_lost(lease));
-        };
-        if !held.acker.usable() {
-            return Err(lease_lost(lease));
-        }
-        if held.expires_at <= Instant::now() {
-            self.expire(&state, held).await;
-            return Err(lease_lost(lease));
-        }
-        Ok((state, held))
-    }
-
-    /// A lease ran out: give the job back (nack with requeue), or dead-letter it when that
-    /// was its last attempt.
-    async fn expire(&self, state: &QueueState, held: Held) {
-        if !held.acker.usable() {
-            return;
-        }
-        if held.attempt >= held.job.max_attempts {
-            let reason = format!(
-                "lease expired after {} {}",
-                held.attempt,
-                noun(held.attempt)
-            );
-            if let Err(e) = self
-                .dead_letter(
-                    state,
-                    &held.acker,
-                    &held.job,
-                    &held.payload,
-                    held.attempt,
-                    &reason,
-                )
-                .await
-            {
-                tracing::warn!(error = %e, job = %held.job.id, "could not dead-letter an expired lease; returning it");
-                let _ = held.acker.nack(requeue()).await;
-            }
-        } else {
-            tracing::debug!(queue = %state.names.queue, job = %held.job.id, attempt = held.attempt, "lease expired; returning the job");
-            let _ = held.acker.nack(requeue()).await;
-        }
-    }
-
-    async fn reap_once(&self) {
-        let states: Vec<Arc<QueueState>> = lock(&self.queues).values().cloned().collect();
-        let now = Instant::now();
-        for state in states {
-            let expired: Vec<Held> = {
-                let mut leases = lock(&state.leases);
-                let keys: Vec<(JobId, u64)> = leases
-                    .iter()
-                    .filter(|(_, h)| h.expires_at <= now || !h.acker.usable())
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                keys.into_iter().filter_map(|k| leases.remove(&k)).collect()
-            };
-            for held in expired {
-                self.expire(&state, held).await;
-            }
-        }
     }
 
     /// Claims an idempotency key for `id`: true when it was free (the record is now
@@ -714,7 +642,7 @@ async fn consume(state: Weak<QueueState>, mut consumer: lapin::Consumer) {
         };
         match item {
             Ok(delivery) => {
-                lock(&state.buffer).push_back(delivery);
+                lock(&state.buffer).push_back((Instant::now(), delivery));
                 state.received.fetch_add(1, Ordering::AcqRel);
                 state.arrived.notify_waiters();
             }
@@ -750,7 +678,9 @@ impl TaskQueue for AmqpQueue {
         let mut caps = QueueCapabilities::full(self.inner.config.max_payload_bytes);
         // Quorum queues have no priorities in RabbitMQ 3.x (3.13 added two levels, not ten).
         caps.priority_levels = 1;
-        caps.max_lease = Some(self.inner.config.max_lease());
+        // Unbounded: a lease that must outlive the broker's consumer timeout is parked
+        // (see `lease`).
+        caps.max_lease = None;
         caps
     }
 
@@ -854,13 +784,9 @@ impl TaskQueue for AmqpQueue {
                         attempts,
                         reason,
                     } => {
-                        if let Err(e) = inner
-                            .dead_letter(&state, &acker, &job, &payload, attempts, &reason)
-                            .await
-                        {
-                            let _ = acker.nack(requeue()).await;
-                            return Err(e);
-                        }
+                        inner
+                            .dead_letter_delivery(&state, &acker, &job, &payload, attempts, &reason)
+                            .await?;
                     }
                 }
             }
@@ -883,11 +809,13 @@ impl TaskQueue for AmqpQueue {
     }
 
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
-        let (_, held) = self.inner.claim(lease).await?;
-        match held.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(()),
-            // The channel closed after the claim: the broker gives the job back.
-            Ok(false) | Err(_) => Err(lease_lost(lease)),
+        let (state, held) = self.inner.claim(lease).await?;
+        if self.inner.finish(&state, &held).await {
+            Ok(())
+        } else {
+            // The channel closed (or the parked copy expired) after the claim: the broker
+            // gives the job back.
+            Err(lease_lost(lease))
         }
     }
 
@@ -907,7 +835,7 @@ impl TaskQueue for AmqpQueue {
         let inner = &self.inner;
         let (state, held) = inner.claim(lease).await?;
         let spent = held.attempt >= held.job.max_attempts;
-        match retry {
+        let (published, outcome) = match retry {
             Retry::After(delay) if !spent => {
                 let mut next = held.job.clone();
                 next.prior_attempts = held.attempt;
@@ -924,59 +852,31 @@ impl TaskQueue for AmqpQueue {
                     payload: held.payload.clone(),
                     properties: next.properties()?,
                 };
-                if let Err(e) = inner.publish_all(std::slice::from_ref(&message)).await {
-                    // The copy is not stored: give the original back instead, so the job
-                    // is retried (without the reason) rather than lost.
-                    let _ = held.acker.nack(requeue()).await;
-                    return Err(e);
-                }
-                let _ = held.acker.ack(BasicAckOptions::default()).await;
-                Ok(NackOutcome::Retrying { delay })
+                (
+                    inner.publish_all(std::slice::from_ref(&message)).await,
+                    NackOutcome::Retrying { delay },
+                )
             }
-            _ => {
-                if let Err(e) = inner
-                    .dead_letter(
-                        &state,
-                        &held.acker,
-                        &held.job,
-                        &held.payload,
-                        held.attempt,
-                        reason,
-                    )
-                    .await
-                {
-                    let _ = held.acker.nack(requeue()).await;
-                    return Err(e);
-                }
-                Ok(NackOutcome::DeadLettered)
-            }
+            _ => (
+                inner
+                    .publish_dead(&state, &held.job, &held.payload, held.attempt, reason)
+                    .await,
+                NackOutcome::DeadLettered,
+            ),
+        };
+        if let Err(e) = published {
+            // The copy is not stored: give the original back instead, so the job is
+            // retried (without the reason) rather than lost.
+            inner.release(&held).await;
+            return Err(e);
         }
+        // If this fails, the original comes back too: a duplicate, never a loss.
+        inner.finish(&state, &held).await;
+        Ok(outcome)
     }
 
     async fn extend_lease(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {
-        let started = Instant::now();
-        let state = self.inner.state(&lease.queue)?;
-        let key = (lease.job_id.clone(), lease.token);
-        let expired = {
-            let mut leases = lock(&state.leases);
-            match leases.get_mut(&key) {
-                None => return Err(lease_lost(lease)),
-                Some(h) if !h.acker.usable() => return Err(lease_lost(lease)),
-                Some(h) if h.expires_at > started => {
-                    let expires_at = started + lease_for;
-                    h.expires_at = expires_at;
-                    return Ok(Lease {
-                        expires_at,
-                        ..lease.clone()
-                    });
-                }
-                Some(_) => leases.remove(&key),
-            }
-        };
-        if let Some(held) = expired {
-            self.inner.expire(&state, held).await;
-        }
-        Err(lease_lost(lease))
+        self.inner.extend(lease, lease_for).await
     }
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -91,6 +91,18 @@ impl Names {
         }
     }
 
+    /// The park queue of one lease (a job and the token of its delivery).
+    pub(super) fn park(&self, job: &crate::JobId, token: u64) -> QueueSpec {
+        QueueSpec::Park {
+            name: format!(
+                "{}{SEPARATOR}lease{SEPARATOR}{}",
+                self.work,
+                key_digest(&format!("{job}\u{0}{token}"))
+            ),
+            target: self.work.clone(),
+        }
+    }
+
     pub(super) fn work_spec(&self) -> QueueSpec {
         QueueSpec::Work {
             name: self.work.clone(),
@@ -120,6 +132,9 @@ pub(super) enum QueueSpec {
     },
     /// Classic, at most one message (the job id), which expires after the dedupe window.
     Idempotency { name: String },
+    /// Quorum, the copies of one parked lease (per-message TTL), dead-lettered into
+    /// `target` when the lease runs out.
+    Park { name: String, target: String },
 }
 
 impl QueueSpec {
@@ -128,7 +143,8 @@ impl QueueSpec {
             QueueSpec::Work { name, .. }
             | QueueSpec::Dead { name }
             | QueueSpec::Delay { name, .. }
-            | QueueSpec::Idempotency { name } => name,
+            | QueueSpec::Idempotency { name }
+            | QueueSpec::Park { name, .. } => name,
         }
     }
 
@@ -186,6 +202,16 @@ impl QueueSpec {
                     .saturating_add(DELAY_QUEUE_GRACE_MS)
                     .min(u64::from(u32::MAX));
                 set("x-expires", int(expires));
+            }
+            QueueSpec::Park { target, .. } => {
+                set("x-queue-type", text("quorum"));
+                set("x-dead-letter-exchange", text(""));
+                set("x-dead-letter-routing-key", text(target));
+                set("x-dead-letter-strategy", text("at-least-once"));
+                set("x-overflow", text("reject-publish"));
+                // Deleted by the ack (or by the consumer that gets the copy back); this
+                // only collects queues both missed. It must outlive any lease: 49 days.
+                set("x-expires", int(u64::from(u32::MAX)));
             }
             QueueSpec::Idempotency { .. } => {
                 // Classic on purpose: one queue per key is cheap for a classic queue and

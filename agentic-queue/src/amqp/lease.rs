@@ -1,0 +1,511 @@
+//! Leases: what a worker holds between `dequeue` and `ack`/`nack`, and how one outlives
+//! the broker's consumer timeout.
+//!
+//! A lease starts as the unacked delivery itself ([`Place::Delivered`]). The broker
+//! closes a channel whose oldest unacked delivery is older than its `consumer_timeout`
+//! (30 minutes by default; RabbitMQ 3.10 has no per-queue setting), which would return
+//! every delivery of that channel. So before that deadline a lease that must last longer
+//! is *parked* ([`Place::Parked`]): a copy of the job is published to a queue of its own
+//! (`<work>~lease~<digest>`), with a per-message TTL equal to the lease, dead-lettering
+//! into the work queue; then the delivery is acked. From then on:
+//!
+//! - the worker dies: the copy expires when the lease would have, and goes back to the
+//!   work queue (attempt + 1), exactly like an expired delivery;
+//! - `extend_lease`: a new copy with the new TTL is published, then the old one (the
+//!   queue's head) is removed;
+//! - `ack`: the park queue is deleted, copy and all. If the copy had already expired
+//!   (the delete removes nothing), the ack is refused with `LeaseLost`;
+//! - `nack`: the retry or dead-letter copy is published, then the park queue deleted.
+//!
+//! Every step publishes before it removes, so a crash in between duplicates a job rather
+//! than loses it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lapin::Acker;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use lapin::types::ShortString;
+use tokio::time::Instant;
+
+use super::envelope::{self, Job};
+use super::link::{Outgoing, lock, map_err};
+use super::topology::{MAX_DELAY, QueueSpec};
+use super::{Inner, QueueState, lease_lost, noun, requeue};
+use crate::{Lease, QueueError};
+use Fault::{Failed, Lost};
+
+/// One lease: a job handed to a worker and not yet acked or nacked.
+pub(super) struct Held {
+    pub(super) place: Place,
+    pub(super) job: Job,
+    pub(super) payload: Bytes,
+    pub(super) attempt: u32,
+    pub(super) expires_at: Instant,
+}
+
+/// Where the leased job is on the broker.
+pub(super) enum Place {
+    /// Unacked on the channel that received it, which the broker closes at `deadline`
+    /// (its consumer timeout, less a margin) unless the lease is parked first.
+    Delivered { acker: Acker, deadline: Instant },
+    /// Acked; a copy waits in `queue` until the lease ends (see the module docs).
+    /// `serial` tells the current copy from older ones.
+    Parked { queue: QueueSpec, serial: u32 },
+}
+
+impl Held {
+    /// False once the delivery's channel closed: the broker gave the job back.
+    pub(super) fn usable(&self) -> bool {
+        match &self.place {
+            Place::Delivered { acker, .. } => acker.usable(),
+            Place::Parked { .. } => true,
+        }
+    }
+
+    /// True when a delivery nears the broker's timeout and has to be parked to live on.
+    fn due_for_parking(&self, now: Instant, ahead: Duration) -> bool {
+        matches!(&self.place, Place::Delivered { deadline, .. } if *deadline <= now + ahead)
+            && self.expires_at > now
+    }
+}
+
+/// How far ahead of the broker's deadline the reaper parks a delivery.
+fn park_ahead(reap_interval: Duration) -> Duration {
+    (reap_interval * 4).max(Duration::from_millis(200))
+}
+
+impl Inner {
+    /// Publishes `job` as a dead letter with the reason (confirmed).
+    pub(super) async fn publish_dead(
+        &self,
+        state: &QueueState,
+        job: &Job,
+        payload: &Bytes,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let message = Outgoing {
+            queue: state.names.dead_spec(),
+            payload: payload.clone(),
+            properties: job.dead_properties(attempts, reason)?,
+        };
+        self.publish_all(std::slice::from_ref(&message)).await?;
+        tracing::info!(queue = %state.names.queue, job = %job.id, reason, "job dead-lettered");
+        Ok(())
+    }
+
+    /// Dead-letters a delivery that never became a lease: publish, then ack. If the ack is
+    /// lost (channel gone), the job is delivered again and is also a dead letter: a
+    /// duplicate, never a loss.
+    pub(super) async fn dead_letter_delivery(
+        &self,
+        state: &QueueState,
+        acker: &Acker,
+        job: &Job,
+        payload: &Bytes,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        if let Err(e) = self
+            .publish_dead(state, job, payload, attempts, reason)
+            .await
+        {
+            let _ = acker.nack(requeue()).await;
+            return Err(e);
+        }
+        let _ = acker.ack(BasicAckOptions::default()).await;
+        Ok(())
+    }
+
+    /// Removes the job from where the lease kept it: acks the delivery or deletes the
+    /// park queue. False when it was no longer there (channel closed, copy expired): the
+    /// job was (or will be) delivered again.
+    pub(super) async fn finish(&self, state: &QueueState, held: &Held) -> bool {
+        match &held.place {
+            Place::Delivered { acker, .. } => {
+                matches!(acker.ack(BasicAckOptions::default()).await, Ok(true))
+            }
+            Place::Parked { queue, .. } => match self.delete(queue.name()).await {
+                Ok(removed) => {
+                    lock(&state.parked).remove(queue.name());
+                    removed > 0
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = queue.name(), "could not delete a park queue");
+                    false
+                }
+            },
+        }
+    }
+
+    /// Gives the job back after a failed nack: a delivery is requeued; a parked copy
+    /// returns by itself when the lease would have ended.
+    pub(super) async fn release(&self, held: &Held) {
+        if let Place::Delivered { acker, .. } = &held.place {
+            let _ = acker.nack(requeue()).await;
+        }
+    }
+
+    /// Deletes a queue (with its messages); returns how many messages it held.
+    pub(super) async fn delete(&self, name: &str) -> Result<u32, QueueError> {
+        let link = self.connector.get().await?;
+        let admin = link.admin().await?;
+        let removed = admin
+            .queue_delete(ShortString::from(name), QueueDeleteOptions::default())
+            .await
+            .map_err(|e| map_err("delete a queue", e))?;
+        link.forget(name);
+        Ok(removed)
+    }
+
+    /// Removes the lease if it is current; `Err(LeaseLost)` otherwise. A lease found
+    /// expired is handled as an expiry (nacked back, or dead-lettered).
+    pub(super) async fn claim(&self, lease: &Lease) -> Result<(Arc<QueueState>, Held), QueueError> {
+        let state = self.state(&lease.queue)?;
+        let key = (lease.job_id.clone(), lease.token);
+        let held = lock(&state.leases).remove(&key);
+        let Some(held) = held else {
+            return Err(lease_lost(lease));
+        };
+        if !held.usable() {
+            return Err(lease_lost(lease));
+        }
+        if held.expires_at <= Instant::now() {
+            self.expire(&state, held).await;
+            return Err(lease_lost(lease));
+        }
+        Ok((state, held))
+    }
+
+    /// A lease ran out: give the job back (nack with requeue), or dead-letter it when that
+    /// was its last attempt. A parked copy needs nothing: it expires on the broker at the
+    /// same time and goes back by itself (and is dead-lettered by the consumer that gets
+    /// it, if that was the last attempt).
+    pub(super) async fn expire(&self, state: &QueueState, held: Held) {
+        let Place::Delivered { acker, .. } = &held.place else {
+            return;
+        };
+        if !acker.usable() {
+            return;
+        }
+        if held.attempt >= held.job.max_attempts {
+            let reason = format!(
+                "lease expired after {} {}",
+                held.attempt,
+                noun(held.attempt)
+            );
+            let _ = self
+                .dead_letter_delivery(
+                    state,
+                    acker,
+                    &held.job,
+                    &held.payload,
+                    held.attempt,
+                    &reason,
+                )
+                .await;
+        } else {
+            tracing::debug!(queue = %state.names.queue, job = %held.job.id, attempt = held.attempt, "lease expired; returning the job");
+            let _ = acker.nack(requeue()).await;
+        }
+    }
+
+    /// Expires what ran out and parks deliveries that near the broker's timeout.
+    pub(super) async fn reap_once(&self) {
+        let states: Vec<Arc<QueueState>> = lock(&self.queues).values().cloned().collect();
+        let now = Instant::now();
+        let ahead = park_ahead(self.config.reap_interval);
+        for state in states {
+            let (expired, to_park) = {
+                let mut leases = lock(&state.leases);
+                let mut expired = Vec::new();
+                let mut to_park = Vec::new();
+                let keys: Vec<_> = leases.keys().cloned().collect();
+                for key in keys {
+                    let Some(h) = leases.get(&key) else { continue };
+                    if h.expires_at <= now || !h.usable() {
+                        expired.extend(leases.remove(&key));
+                    } else if h.due_for_parking(now, ahead) {
+                        to_park.extend(leases.remove(&key).map(|h| (key, h)));
+                    }
+                }
+                (expired, to_park)
+            };
+            for held in expired {
+                self.expire(&state, held).await;
+            }
+            for (key, held) in to_park {
+                let lease_for = held.expires_at.saturating_duration_since(Instant::now());
+                let held = match self.park(&state, held, &key.0, key.1, lease_for).await {
+                    Ok(h) | Err((h, _)) => h,
+                };
+                lock(&state.leases).insert(key, held);
+            }
+        }
+    }
+
+    /// Extends a lease in place, or parks it (or renews its parked copy) when it has to
+    /// outlive the delivery's deadline.
+    pub(super) async fn extend(
+        &self,
+        lease: &Lease,
+        lease_for: Duration,
+    ) -> Result<Lease, QueueError> {
+        let started = Instant::now();
+        let state = self.state(&lease.queue)?;
+        let key = (lease.job_id.clone(), lease.token);
+        let expires_at = started + lease_for;
+        // Decided under the lock, acted on after it: the lock is never held across an
+        // await.
+        enum Next {
+            Lost,
+            Extended,
+            Expired(Option<Held>),
+            Move(Option<Held>),
+        }
+        let next = {
+            let mut leases = lock(&state.leases);
+            match leases.get_mut(&key) {
+                None => Next::Lost,
+                Some(h) if !h.usable() => Next::Lost,
+                Some(h) if h.expires_at > started => match &h.place {
+                    Place::Delivered { deadline, .. } if expires_at <= *deadline => {
+                        h.expires_at = expires_at;
+                        Next::Extended
+                    }
+                    _ => Next::Move(leases.remove(&key)),
+                },
+                Some(_) => Next::Expired(leases.remove(&key)),
+            }
+        };
+        let held = match next {
+            Next::Lost | Next::Move(None) => return Err(lease_lost(lease)),
+            Next::Extended => {
+                return Ok(Lease {
+                    expires_at,
+                    ..lease.clone()
+                });
+            }
+            Next::Expired(held) => {
+                if let Some(held) = held {
+                    self.expire(&state, held).await;
+                }
+                return Err(lease_lost(lease));
+            }
+            Next::Move(Some(held)) => held,
+        };
+        if lease_for > MAX_DELAY {
+            lock(&state.leases).insert(key, held);
+            return Err(QueueError::InvalidJob(format!(
+                "a lease past the broker's consumer timeout is at most {MAX_DELAY:?} (a message TTL)"
+            )));
+        }
+        let result = match &held.place {
+            Place::Delivered { .. } => self
+                .park(&state, held, &key.0, key.1, lease_for)
+                .await
+                .map_err(|(held, e)| (Some(held), e)),
+            Place::Parked { .. } => self.renew(&state, held, lease_for).await,
+        };
+        match result {
+            Ok(mut held) => {
+                // Measured from before the requests, like every expiry: conservative.
+                held.expires_at = expires_at;
+                lock(&state.leases).insert(key, held);
+                Ok(Lease {
+                    expires_at,
+                    ..lease.clone()
+                })
+            }
+            Err((held, e)) => {
+                if let Some(held) = held {
+                    lock(&state.leases).insert(key, held);
+                }
+                Err(match e {
+                    Lost => lease_lost(lease),
+                    Failed(e) => e,
+                })
+            }
+        }
+    }
+
+    /// Moves a delivered lease to its park queue (see the module docs). On failure the
+    /// lease stays a delivery.
+    async fn park(
+        &self,
+        state: &QueueState,
+        held: Held,
+        job_id: &crate::JobId,
+        token: u64,
+        lease_for: Duration,
+    ) -> Result<Held, (Held, Fault)> {
+        let Place::Delivered { acker, .. } = &held.place else {
+            return Ok(held);
+        };
+        let queue = state.names.park(job_id, token);
+        lock(&state.parked).insert(queue.name().to_owned());
+        let copy = match self.park_copy(&held, &queue, 1, lease_for) {
+            Ok(c) => c,
+            Err(e) => return Err((held, Failed(e))),
+        };
+        if let Err(e) = self.publish_all(std::slice::from_ref(&copy)).await {
+            return Err((held, Failed(e)));
+        }
+        if !matches!(acker.ack(BasicAckOptions::default()).await, Ok(true)) {
+            // The delivery went back to the queue meanwhile: drop our copy, the lease is
+            // lost.
+            let _ = self.delete(queue.name()).await;
+            return Err((held, Lost));
+        }
+        tracing::debug!(queue = %state.names.queue, job = %held.job.id, "lease parked past the broker's consumer timeout");
+        Ok(Held {
+            place: Place::Parked { queue, serial: 1 },
+            ..held
+        })
+    }
+
+    /// Replaces a parked copy with one that expires `lease_for` from now.
+    async fn renew(
+        &self,
+        _state: &QueueState,
+        held: Held,
+        lease_for: Duration,
+    ) -> Result<Held, (Option<Held>, Fault)> {
+        let Place::Parked { queue, serial } = &held.place else {
+            return Ok(held);
+        };
+        let (queue, current) = (queue.clone(), *serial);
+        let next = current.saturating_add(1);
+        let copy = match self.park_copy(&held, &queue, next, lease_for) {
+            Ok(c) => c,
+            Err(e) => return Err((Some(held), Failed(e))),
+        };
+        if let Err(e) = self.publish_all(std::slice::from_ref(&copy)).await {
+            return Err((Some(held), Failed(e)));
+        }
+        // Remove the copies older than the new one; they are at the head (FIFO). The
+        // current one must be among them, or it expired (the job went back): lost.
+        match self.drop_older_copies(queue.name(), current, next).await {
+            Ok(true) => Ok(Held {
+                place: Place::Parked {
+                    queue,
+                    serial: next,
+                },
+                ..held
+            }),
+            Ok(false) => {
+                let _ = self.delete(queue.name()).await;
+                Err((None, Lost))
+            }
+            // The old copy may still be there and expire early: report the error; the
+            // next heartbeat tries again (and removes every older copy it finds).
+            Err(e) => Err((
+                Some(Held {
+                    place: Place::Parked {
+                        queue,
+                        serial: next,
+                    },
+                    ..held
+                }),
+                Failed(e),
+            )),
+        }
+    }
+
+    /// Gets and removes copies at the head of `queue` with serials below `next`; true if
+    /// the one with serial `current` was among them.
+    async fn drop_older_copies(
+        &self,
+        queue: &str,
+        current: u32,
+        next: u32,
+    ) -> Result<bool, QueueError> {
+        let link = self.connector.get().await?;
+        // A channel of its own: `basic.get` replies must not interleave with others.
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| map_err("open a channel", e))?;
+        let mut found = false;
+        let result = async {
+            loop {
+                let got = channel
+                    .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false })
+                    .await
+                    .map_err(|e| map_err("read a parked lease", e))?;
+                let Some(message) = got else {
+                    return Ok(found);
+                };
+                let serial = envelope::park_serial(&message.delivery.properties).unwrap_or(0);
+                // Ack even the newest copy if it comes first: then the current one is
+                // gone (expired), the lease is lost, and the queue is deleted anyway.
+                message
+                    .delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|e| map_err("remove a parked lease", e))?;
+                found |= serial == current;
+                if serial >= next {
+                    return Ok(false);
+                }
+                if found {
+                    return Ok(true);
+                }
+            }
+        }
+        .await;
+        let _ = channel.close(200, "renewed".into()).await;
+        result
+    }
+
+    /// The parked copy: as it should come back if the worker dies (attempt counted, "lease
+    /// expired" as its last error), expiring when the lease ends.
+    fn park_copy(
+        &self,
+        held: &Held,
+        queue: &QueueSpec,
+        serial: u32,
+        lease_for: Duration,
+    ) -> Result<Outgoing, QueueError> {
+        let mut job = held.job.clone();
+        job.prior_attempts = held.attempt;
+        job.last_error = Some(format!("lease expired on attempt {}", held.attempt));
+        Ok(Outgoing {
+            queue: queue.clone(),
+            payload: held.payload.clone(),
+            properties: job.parked_properties(serial, lease_for, queue.name())?,
+        })
+    }
+
+    /// A parked lease's copy came back to the work queue (its worker died, the lease
+    /// ran out): nothing in its park queue is needed any more, so it goes.
+    pub(super) fn forget_park_queue(self: &Arc<Self>, state: &Arc<QueueState>, name: String) {
+        let inner = Arc::downgrade(self);
+        let state = Arc::downgrade(state);
+        tokio::spawn(async move {
+            let Some(inner) = inner.upgrade() else { return };
+            match inner.delete(&name).await {
+                Ok(_) => {
+                    if let Some(state) = state.upgrade() {
+                        lock(&state.parked).remove(&name);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = %name, "could not delete a park queue")
+                }
+            }
+        });
+    }
+}
+
+/// Why a park or renewal did not happen.
+pub(super) enum Fault {
+    /// The job went back to the queue: the lease is lost.
+    Lost,
+    /// The broker could not be asked; the lease is unchanged.
+    Failed(QueueError),
+}
