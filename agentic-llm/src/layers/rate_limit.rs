@@ -195,22 +195,32 @@ fn lock(state: &Mutex<Limiter>) -> MutexGuard<'_, Limiter> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How a call ended, for the limiter.
+enum Outcome<'a> {
+    /// Answered, with this usage.
+    Answered(Usage),
+    /// Failed (the provider bills nothing).
+    Failed(&'a LlmError),
+    /// A stream dropped midway: what it reported so far, and no verdict on the rate.
+    Abandoned(Usage),
+}
+
 /// Settles a call: corrects the token reservation to the real usage and adapts to 429s.
-fn settle(state: &Mutex<Limiter>, reserved: u64, outcome: Result<Usage, &LlmError>) {
+fn settle(state: &Mutex<Limiter>, reserved: u64, outcome: Outcome<'_>) {
     let mut guard = lock(state);
     let limiter = &mut *guard;
     let used = match outcome {
-        Ok(usage) => {
+        Outcome::Answered(usage) => {
             limiter.factor = (limiter.factor + INCREASE).min(1.0);
             usage.total()
         }
-        Err(error) => {
+        Outcome::Abandoned(usage) => usage.total(),
+        Outcome::Failed(error) => {
             if let LlmError::RateLimited { retry_after, .. } = error {
                 let until = Instant::now() + retry_after.unwrap_or(DEFAULT_PAUSE);
                 limiter.paused_until = Some(limiter.paused_until.map_or(until, |u| u.max(until)));
                 limiter.factor = (limiter.factor * DECREASE).max(MIN_FACTOR);
             }
-            // A failed call used no tokens (providers do not bill them).
             0
         }
     };
@@ -222,7 +232,7 @@ fn settle(state: &Mutex<Limiter>, reserved: u64, outcome: Result<Usage, &LlmErro
     }
 }
 
-/// Settles a stream when it ends (or gives the reservation back when it is dropped).
+/// Settles a stream when it ends (or with what it reported when it is dropped).
 struct StreamSettlement {
     state: Arc<Mutex<Limiter>>,
     reserved: u64,
@@ -231,21 +241,23 @@ struct StreamSettlement {
 }
 
 impl StreamSettlement {
-    fn settle(&mut self, outcome: Result<(), &LlmError>) {
+    fn settle(&mut self, error: Option<&LlmError>) {
         if !self.settled {
             self.settled = true;
-            settle(&self.state, self.reserved, outcome.map(|()| self.usage));
+            let outcome = match error {
+                Some(error) => Outcome::Failed(error),
+                None => Outcome::Answered(self.usage),
+            };
+            settle(&self.state, self.reserved, outcome);
         }
     }
 }
 
 impl Drop for StreamSettlement {
     fn drop(&mut self) {
-        // Dropped midway: count what was reported so far.
-        let usage = self.usage;
         if !self.settled {
             self.settled = true;
-            settle(&self.state, self.reserved, Ok(usage));
+            settle(&self.state, self.reserved, Outcome::Abandoned(self.usage));
         }
     }
 }
@@ -264,7 +276,11 @@ impl<P: LlmProvider> LlmProvider for RateLimiter<P> {
         let reserved = request.estimated_input_tokens() + u64::from(request.max_tokens);
         self.acquire(reserved).await?;
         let result = self.inner.complete(request).await;
-        settle(&self.state, reserved, result.as_ref().map(|r| r.usage));
+        let outcome = match &result {
+            Ok(response) => Outcome::Answered(response.usage),
+            Err(error) => Outcome::Failed(error),
+        };
+        settle(&self.state, reserved, outcome);
         result
     }
 
@@ -274,7 +290,7 @@ impl<P: LlmProvider> LlmProvider for RateLimiter<P> {
         let events = match self.inner.stream(request).await {
             Ok(events) => events,
             Err(error) => {
-                settle(&self.state, reserved, Err(&error));
+                settle(&self.state, reserved, Outcome::Failed(&error));
                 return Err(error);
             }
         };
@@ -289,8 +305,8 @@ impl<P: LlmProvider> LlmProvider for RateLimiter<P> {
                 match &item {
                     Ok(StreamEvent::MessageStart { usage, .. })
                     | Ok(StreamEvent::MessageDelta { usage, .. }) => settlement.usage.add(usage),
-                    Ok(StreamEvent::MessageStop) => settlement.settle(Ok(())),
-                    Err(error) => settlement.settle(Err(error)),
+                    Ok(StreamEvent::MessageStop) => settlement.settle(None),
+                    Err(error) => settlement.settle(Some(error)),
                     Ok(_) => {}
                 }
                 item

@@ -126,6 +126,15 @@ impl Stream for Bounded {
         if self.finished {
             return Poll::Ready(None);
         }
+        // Checked before the stream too: a stream that always has an item ready would
+        // otherwise never let the deadline be seen.
+        if let Some((sleep, bound)) = &self.sleep
+            && sleep.is_elapsed()
+        {
+            let bound = *bound;
+            self.finished = true;
+            return Poll::Ready(Some(Err(LlmError::Timeout(bound))));
+        }
         match self.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(item)) => {
                 if self.before_first_token && item.as_ref().is_ok_and(is_token) {
