@@ -203,6 +203,10 @@ async fn a_busy_loop_with_fuel_to_spare_hits_the_wall_clock() {
     };
     let outcome = run(&sandbox(), ExecRequest::wasm(busy_loop()).limits(limits)).await;
     assert_eq!(outcome.termination, Termination::Timeout);
+    assert_eq!(
+        outcome.usage.fuel_used, None,
+        "not known after an epoch interrupt"
+    );
     let wall = outcome.usage.wall_time;
     assert!(
         wall >= Duration::from_millis(300) && wall < Duration::from_secs(2),

@@ -14,6 +14,10 @@
 //! | Network | none: WASI preview 1 has no socket creation, and TCP, UDP and name lookup are denied | the guest sees an error |
 //! | Environment | exactly [`ExecRequest::env`]; nothing is inherited | — |
 //!
+//! The outcome reports fuel used (except after a [`Termination::Timeout`]: wasmtime does not
+//! write the fuel counter back when an epoch interrupt stops a loop, so the figure would be
+//! too low), wall time, and the peak linear memory.
+//!
 //! [`Limits::cpu_time`], [`Limits::max_processes`] and [`Limits::file_size_bytes`] do not apply
 //! to wasm guests (fuel is the CPU measure; a guest cannot create processes; file writes are
 //! confined to the mount). [`ExecRequest::working_dir`] is not used: WASI preview 1 has no
@@ -561,7 +565,12 @@ impl Inner {
 
         let refused = store.data().guard.refused();
         let termination = classify(result, stdout.overflowed() || stderr.overflowed(), refused);
-        let remaining = store.get_fuel().unwrap_or(0);
+        // Fuel is only known when the guest was not stopped by its wall clock: compiled code
+        // keeps the fuel counter in a register and wasmtime 48 does not write it back before
+        // an epoch interrupt, so after a timeout the store's counter undercounts, sometimes to
+        // zero. No figure is better than a wrong one.
+        let fuel_used = (termination != Termination::Timeout)
+            .then(|| fuel.saturating_sub(store.get_fuel().unwrap_or(0)));
         let peak = store.data().guard.peak_memory();
         drop(store);
 
@@ -574,7 +583,7 @@ impl Inner {
             stdout_truncated,
             stderr_truncated,
             usage: ResourceUsage {
-                fuel_used: Some(fuel.saturating_sub(remaining)),
+                fuel_used,
                 wall_time,
                 cpu_time: None,
                 peak_memory_bytes: Some(u64::try_from(peak).unwrap_or(u64::MAX)),
