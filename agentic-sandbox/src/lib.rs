@@ -28,6 +28,13 @@ pub mod wasm;
 #[cfg_attr(docsrs, doc(cfg(feature = "wasm")))]
 pub use wasm::{PoolingOptions, WasmSandbox, WasmSandboxConfig};
 
+#[cfg(all(feature = "process", target_os = "linux"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "process", target_os = "linux"))))]
+pub mod process;
+#[cfg(all(feature = "process", target_os = "linux"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "process", target_os = "linux"))))]
+pub use process::{ProcessSandbox, ProcessSandboxConfig};
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

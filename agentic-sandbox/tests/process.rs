@@ -1,0 +1,273 @@
+//! `ProcessSandbox` basics: output, inputs, exit codes, each limit naming the right reason,
+//! and the protections it claims.
+
+#![cfg(all(feature = "process", target_os = "linux"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use agentic_sandbox::{
+    ExecOutcome, ExecRequest, Language, Limits, ProcessSandbox, ProcessSandboxConfig, Sandbox,
+    SandboxError, Termination,
+};
+
+fn sandbox() -> ProcessSandbox {
+    ProcessSandbox::new(ProcessSandboxConfig::default()).unwrap()
+}
+
+fn limits() -> Limits {
+    Limits {
+        wall_time: Duration::from_secs(20),
+        ..Limits::default()
+    }
+}
+
+async fn sh(script: &str, limits: Limits) -> ExecOutcome {
+    sandbox()
+        .execute(
+            ExecRequest::command("sh")
+                .arg("-c")
+                .arg(script)
+                .limits(limits),
+        )
+        .await
+        .unwrap()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+#[tokio::test]
+async fn echo_exits_zero_with_its_output_and_says_what_confined_it() {
+    let outcome = sandbox()
+        .execute(ExecRequest::command("echo").arg("hi").limits(limits()))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.termination,
+        Termination::Exited { code: 0 },
+        "{}",
+        outcome.stderr_text()
+    );
+    assert_eq!(outcome.stdout_text(), "hi\n");
+    println!("enforced: {:?}", outcome.enforced);
+    let expected: &[&str] = &[
+        "process_group",
+        "scrubbed_env",
+        "rlimit_cpu",
+        "rlimit_as",
+        "rlimit_fsize",
+        "rlimit_nproc",
+        "netns",
+        "landlock_fs",
+    ];
+    for protection in expected {
+        assert!(
+            outcome.enforced.iter().any(|p| p == protection),
+            "{protection}: {:?}",
+            outcome.enforced
+        );
+    }
+    if is_root() {
+        assert!(
+            outcome.enforced.iter().any(|p| p == "uid:65534"),
+            "{:?}",
+            outcome.enforced
+        );
+    }
+}
+
+#[tokio::test]
+async fn args_env_and_stdin_arrive_and_the_host_environment_does_not() {
+    let outcome = sandbox()
+        .execute(
+            ExecRequest::command("sh")
+                .arg("-c")
+                .arg("echo \"$1\"; env | sort; cat")
+                .arg("sh")
+                .arg("first arg")
+                .env("GREETING", "hello")
+                .stdin("from stdin\n")
+                .limits(limits()),
+        )
+        .await
+        .unwrap();
+    assert!(outcome.success(), "{}", outcome.stderr_text());
+    let stdout = outcome.stdout_text();
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("first arg"));
+    let names: Vec<&str> = lines
+        .clone()
+        .take_while(|l| l.contains('='))
+        .map(|l| l.split('=').next().unwrap())
+        .collect();
+    // What the request set, what the sandbox adds, and what the shell itself exports.
+    assert_eq!(
+        names,
+        ["GREETING", "HOME", "PATH", "PWD", "TMPDIR"],
+        "{stdout}"
+    );
+    assert!(stdout.contains("GREETING=hello\n"));
+    assert!(stdout.ends_with("from stdin\n"));
+    assert!(
+        std::env::var_os("CARGO").is_some(),
+        "the test itself has a rich environment"
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_are_reported() {
+    assert_eq!(
+        sh("exit 3", limits()).await.termination,
+        Termination::Exited { code: 3 }
+    );
+    let outcome = sh("echo oops >&2; exit 1", limits()).await;
+    assert_eq!(outcome.termination, Termination::Exited { code: 1 });
+    assert_eq!(outcome.stderr_text(), "oops\n");
+}
+
+#[tokio::test]
+async fn a_scratch_directory_is_the_default_working_directory_and_is_removed() {
+    let outcome = sh("pwd; echo data > file && cat file", limits()).await;
+    assert!(outcome.success(), "{}", outcome.stderr_text());
+    let stdout = outcome.stdout_text();
+    let dir = stdout.lines().next().unwrap();
+    assert!(dir.contains("agentic-sandbox-"), "{dir}");
+    assert!(stdout.ends_with("data\n"));
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "scratch directory left behind"
+    );
+}
+
+#[tokio::test]
+async fn the_wall_clock_kills_the_whole_group() {
+    let started = std::time::Instant::now();
+    let outcome = sh(
+        "sleep 30 & sleep 30",
+        Limits {
+            wall_time: Duration::from_millis(500),
+            ..limits()
+        },
+    )
+    .await;
+    assert_eq!(outcome.termination, Termination::Timeout);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn cpu_time_is_limited() {
+    let outcome = sandbox()
+        .execute(
+            ExecRequest::command("/usr/bin/python3")
+                .arg("-c")
+                .arg("while True: pass")
+                .limits(Limits {
+                    cpu_time: Some(Duration::from_secs(1)),
+                    ..limits()
+                }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.termination,
+        Termination::CpuLimit,
+        "{}",
+        outcome.stderr_text()
+    );
+}
+
+#[tokio::test]
+async fn memory_is_limited() {
+    let outcome = sandbox()
+        .execute(
+            ExecRequest::command("/usr/bin/python3")
+                .arg("-c")
+                .arg("x = bytearray(2 * 1024 ** 3)")
+                .limits(Limits {
+                    memory_bytes: Some(256 * 1024 * 1024),
+                    ..limits()
+                }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.termination,
+        Termination::OutOfMemory,
+        "{}",
+        outcome.stderr_text()
+    );
+}
+
+#[tokio::test]
+async fn file_size_is_limited() {
+    let outcome = sandbox()
+        .execute(
+            ExecRequest::command("truncate")
+                .arg("-s")
+                .arg("10M")
+                .arg("big")
+                .limits(Limits {
+                    file_size_bytes: Some(1024 * 1024),
+                    ..limits()
+                }),
+        )
+        .await
+        .unwrap();
+    match &outcome.termination {
+        Termination::Trap { message } => assert!(message.contains("SIGXFSZ"), "{message}"),
+        other => panic!("expected SIGXFSZ, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn output_past_the_limit_stops_the_command_and_keeps_what_fit() {
+    let outcome = sandbox()
+        .execute(ExecRequest::command("yes").limits(Limits {
+            output_bytes: 100_000,
+            ..limits()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(outcome.termination, Termination::OutputLimit);
+    assert_eq!(outcome.stdout.len(), 100_000);
+    assert!(outcome.stdout_truncated);
+    assert!(outcome.stdout_text().starts_with("y\ny\n"));
+}
+
+#[tokio::test]
+async fn unknown_commands_and_other_programs_are_refused() {
+    let sandbox = sandbox();
+    assert!(matches!(
+        sandbox
+            .execute(ExecRequest::command("no-such-command-xyz"))
+            .await,
+        Err(SandboxError::InvalidProgram(_))
+    ));
+    assert!(matches!(
+        sandbox.execute(ExecRequest::command("/etc/passwd")).await,
+        Err(SandboxError::InvalidProgram(_))
+    ));
+    assert!(matches!(
+        sandbox
+            .execute(ExecRequest::wasm(b"\0asm\x01\0\0\0".to_vec()))
+            .await,
+        Err(SandboxError::Unsupported(_))
+    ));
+    assert!(matches!(
+        sandbox
+            .execute(ExecRequest::source(Language::Python, "1"))
+            .await,
+        Err(SandboxError::Unsupported(_))
+    ));
+    let caps = sandbox.capabilities();
+    assert!(caps.native && !caps.wasm);
+}
