@@ -14,7 +14,9 @@ async fn redis_store() -> Option<Arc<dyn StateStore>> {
         eprintln!("SKIP redis store: AGENTIC_REDIS_URL is not set");
         return None;
     };
-    let config = RedisStoreConfig::new(url).namespace("agentic-test-conformance");
+    let config = RedisStoreConfig::new(url)
+        .namespace("agentic-test-conformance")
+        .with_watch();
     match RedisStore::connect_with(config).await {
         Ok(s) => Some(Arc::new(s)),
         // The variable is set, so Redis is meant to be there: fail loudly, never skip.

@@ -406,9 +406,11 @@ impl TaskQueue for RedisQueue {
             let script = &self.scripts.enqueue;
             let (ids, headers, base) = (&ids, &headers, &base);
             let reply: Value = self
-                .run("enqueue", |mut conn, _| async move {
+                .run("enqueue", |mut conn, repeat| async move {
                     let mut inv = script.key(base.as_str());
-                    inv.arg(window).arg(chunk.len());
+                    inv.arg(window)
+                        .arg(chunk.len())
+                        .arg(if repeat { "1" } else { "0" });
                     for (k, job) in chunk.iter().enumerate() {
                         inv.arg(ids[k].as_str())
                             .arg(job.payload.as_ref())

@@ -59,7 +59,9 @@ pub struct RedisStoreConfig {
     pub key_prefix: String,
     /// The namespace (the hash tag): one Redis Cluster slot per namespace.
     pub namespace: String,
-    /// Publish every change for [`StateStore::watch`]. Costs one `PUBLISH` per write.
+    /// Publish every change for [`StateStore::watch`] (off by default: it costs a `PUBLISH`
+    /// with the value on every write, and watch is optional). Without it, `capabilities()`
+    /// reports no watch and `watch` returns `Unsupported`.
     pub publish_changes: bool,
     /// Reply timeout of one call.
     pub response_timeout: Duration,
@@ -76,7 +78,7 @@ impl RedisStoreConfig {
             url: url.into(),
             key_prefix: "agentic".to_owned(),
             namespace: "store".to_owned(),
-            publish_changes: true,
+            publish_changes: false,
             response_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(2),
             retries: 6,
@@ -92,6 +94,12 @@ impl RedisStoreConfig {
     /// Sets the key prefix.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Publishes every change so [`StateStore::watch`] works.
+    pub fn with_watch(mut self) -> Self {
+        self.publish_changes = true;
         self
     }
 }
@@ -112,7 +120,7 @@ struct Scripts {
 /// | capability | `RedisStore` |
 /// |---|---|
 /// | per-key TTL | yes (`PEXPIRE`) |
-/// | watch | yes (pub/sub, at-most-once: a dropped watch connection ends the stream with an error) |
+/// | watch | opt-in with [`RedisStoreConfig::with_watch`] (pub/sub, at-most-once: a dropped watch connection ends the stream with an error) |
 /// | persistence | whatever the server is configured for |
 /// | fencing | yes, tokens from one `INCR` counter per namespace |
 #[derive(Clone)]
