@@ -80,7 +80,7 @@ use crate::{
 };
 
 /// Settings of [`AmqpQueue`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct AmqpQueueConfig {
     /// `amqp://user:password@host:port/vhost` (the vhost URL-encoded, `%2f` for `/`).
@@ -130,6 +130,43 @@ pub struct AmqpQueueConfig {
     pub retries: u32,
     /// How often expired leases are looked for (and nacked).
     pub reap_interval: Duration,
+}
+
+impl std::fmt::Debug for AmqpQueueConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpQueueConfig")
+            .field("url", &redact(&self.url))
+            .field("queue_prefix", &self.queue_prefix)
+            .field("connection_name", &self.connection_name)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("dedupe_window", &self.dedupe_window)
+            .field("prefetch", &self.prefetch)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("consumer_timeout", &self.consumer_timeout)
+            .field("consumer_timeout_argument", &self.consumer_timeout_argument)
+            .field("queue_expires", &self.queue_expires)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_timeout", &self.reconnect_timeout)
+            .field("confirm_timeout", &self.confirm_timeout)
+            .field("retries", &self.retries)
+            .field("reap_interval", &self.reap_interval)
+            .finish()
+    }
+}
+
+/// The URL without its password, for logs and `Debug`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
+    }
 }
 
 impl AmqpQueueConfig {
@@ -768,7 +805,13 @@ impl TaskQueue for AmqpQueue {
         let deadline = started + wait;
         let mut out = Vec::new();
         loop {
-            inner.ensure_consumer(&state).await?;
+            if let Err(e) = inner.ensure_consumer(&state).await {
+                // What was taken already is leased: hand it out, report the fault next time.
+                if out.is_empty() {
+                    return Err(e);
+                }
+                return Ok(out);
+            }
             // Registered before looking at the buffer, so an arrival between the look and
             // the wait is not missed.
             let arrived = state.arrived.notified();
@@ -784,9 +827,14 @@ impl TaskQueue for AmqpQueue {
                         attempts,
                         reason,
                     } => {
-                        inner
+                        // On failure the delivery was given back to the queue; the jobs
+                        // already taken are still handed out rather than left to expire.
+                        if let Err(e) = inner
                             .dead_letter_delivery(&state, &acker, &job, &payload, attempts, &reason)
-                            .await?;
+                            .await
+                        {
+                            tracing::warn!(error = %e, job = %job.id, "could not dead-letter a delivery; returned it");
+                        }
                     }
                 }
             }
@@ -1098,5 +1146,23 @@ fn lease_lost(lease: &Lease) -> QueueError {
     QueueError::LeaseLost {
         job_id: lease.job_id.clone(),
         token: lease.token,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let config = AmqpQueueConfig::new("amqp://guest:secret@127.0.0.1:5672/%2f");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("amqp://guest:***@127.0.0.1:5672/%2f"),
+            "{shown}"
+        );
+        assert_eq!(redact("amqp://host/%2f"), "amqp://host/%2f");
     }
 }
