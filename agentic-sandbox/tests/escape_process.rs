@@ -456,3 +456,23 @@ async fn a_nonzero_exit_and_a_file_that_is_not_a_program() {
         "{outcome:?}"
     );
 }
+
+#[tokio::test]
+async fn a_cancelled_run_leaves_nothing_behind() {
+    let marker = "62.3456";
+    let sandbox = sandbox();
+    let run = sandbox.execute(
+        ExecRequest::command("sh")
+            .arg("-c")
+            .arg(format!("sleep {marker} & sleep {marker}"))
+            .limits(limits()),
+    );
+    // The caller gives up after half a second and drops the future.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), run)
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(survivors(&format!("sleep {marker}")), Vec::<String>::new());
+}

@@ -626,3 +626,34 @@ async fn the_sandbox_works_behind_a_trait_object() {
             .success()
     );
 }
+
+#[test]
+fn a_guest_whose_caller_gives_up_is_stopped() {
+    // Dropping `execute`'s future (an aborted task) must stop the guest at its next epoch
+    // tick, not leave it spinning to its 30 s limit. A runtime waits for its blocking tasks
+    // when it shuts down, so the shutdown time shows how long the guest ran on.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sandbox = sandbox();
+    let task = rt.spawn(async move {
+        sandbox
+            .execute(ExecRequest::wasm(busy_loop()).limits(Limits {
+                fuel: Some(u64::MAX),
+                wall_time: Duration::from_secs(30),
+                ..limits()
+            }))
+            .await
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    task.abort();
+    let started = Instant::now();
+    drop(rt);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -367,6 +367,9 @@ impl Inner {
             .id()
             .and_then(|pid| i32::try_from(pid).ok())
             .and_then(rustix::process::Pid::from_raw);
+        // Should this future be dropped mid-run (the caller cancelled), the whole group is
+        // killed, not just the direct child (which `kill_on_drop` covers).
+        let mut guard = KillGroupOnDrop(group);
 
         if let Some(mut pipe) = child.stdin.take() {
             // A guest that never reads stdin must not block us: write from a task, and
@@ -399,9 +402,7 @@ impl Inner {
         };
         // Whatever ended the run, nothing of it may outlive it: kill the whole group (the
         // program's background children included), then reap the program.
-        if let Some(group) = group {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        }
+        guard.kill_now();
         let status = match ended {
             Ended::Exited(status) => Some(status),
             Ended::TimedOut | Ended::OutputLimit => {
@@ -510,6 +511,27 @@ impl Inner {
             .map_err(|e| setup("cannot start the spawning thread", e))?;
         rx.await
             .map_err(|e| setup("the spawning thread ended without an answer", e))?
+    }
+}
+
+/// Kills a process group with SIGKILL, once: explicitly at the end of a run, or on drop if
+/// the run never got there.
+struct KillGroupOnDrop(Option<rustix::process::Pid>);
+
+impl KillGroupOnDrop {
+    fn kill_now(&mut self) {
+        // Taken, so it is never signalled again: after the leader is reaped its number may
+        // be reused, and a later kill could hit an unrelated group.
+        if let Some(group) = self.0.take() {
+            // ESRCH (the group is already gone) is the expected, harmless case.
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        self.kill_now();
     }
 }
 

@@ -183,6 +183,20 @@ pub(crate) struct HostState {
 #[error("wall-clock limit reached")]
 struct WallClockExceeded;
 
+/// The error the epoch callback stops a guest with when nobody waits for its outcome.
+#[derive(Debug, thiserror::Error)]
+#[error("the caller stopped waiting for the run")]
+struct Abandoned;
+
+/// Sets the flag when dropped: `execute`'s future was dropped, or finished.
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The error a driver stops with when the guest's allocator has no memory left for the
 /// driver's own arguments (the runtime itself ran out, not the host).
 #[derive(Debug, thiserror::Error)]
@@ -351,13 +365,19 @@ impl Sandbox for WasmSandbox {
             source: Some(Box::new(e)),
         })?;
         let inner = self.inner.clone();
+        // If the caller stops waiting (drops this future: a cancelled task, a lost race), the
+        // guest is stopped at its next epoch tick instead of running on to its limits.
+        let abandoned = AbandonOnDrop(Arc::new(AtomicBool::new(false)));
+        let flag = abandoned.0.clone();
         // Off the core threads: compilation and guest code are CPU-bound, and the sync parts
         // of WASI would otherwise block a worker. The guest itself runs on wasmtime's async
         // API inside `block_on`, so a guest parked in a host call (a long `poll_oneoff`) can
         // still be cancelled by the timeout.
-        tokio::task::spawn_blocking(move || inner.run(request, &handle))
+        let outcome = tokio::task::spawn_blocking(move || inner.run(request, &handle, flag))
             .await
-            .map_err(|e| setup("the guest thread panicked", e))?
+            .map_err(|e| setup("the guest thread panicked", e))?;
+        drop(abandoned);
+        outcome
     }
 }
 
@@ -429,6 +449,7 @@ impl Inner {
         &self,
         request: ExecRequest,
         handle: &tokio::runtime::Handle,
+        abandoned: Arc<AtomicBool>,
     ) -> Result<ExecOutcome, SandboxError> {
         let ExecRequest {
             program,
@@ -542,6 +563,8 @@ impl Inner {
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
                 Err(wasmtime::Error::new(WallClockExceeded))
+            } else if abandoned.load(Ordering::Relaxed) {
+                Err(wasmtime::Error::new(Abandoned))
             } else {
                 Ok(UpdateDeadline::Continue(1))
             }
