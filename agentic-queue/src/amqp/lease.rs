@@ -219,16 +219,18 @@ impl Inner {
         let ahead = park_ahead(self.config.reap_interval);
         for state in states {
             let (expired, to_park) = {
+                // One pass, no key copies: this runs every `reap_interval` over every lease
+                // of a busy worker.
                 let mut leases = lock(&state.leases);
                 let mut expired = Vec::new();
                 let mut to_park = Vec::new();
-                let keys: Vec<_> = leases.keys().cloned().collect();
-                for key in keys {
-                    let Some(h) = leases.get(&key) else { continue };
-                    if h.expires_at <= now || !h.usable() {
-                        expired.extend(leases.remove(&key));
-                    } else if h.due_for_parking(now, ahead) {
-                        to_park.extend(leases.remove(&key).map(|h| (key, h)));
+                for (key, held) in leases.extract_if(|_, h| {
+                    h.expires_at <= now || !h.usable() || h.due_for_parking(now, ahead)
+                }) {
+                    if held.expires_at <= now || !held.usable() {
+                        expired.push(held);
+                    } else {
+                        to_park.push((key, held));
                     }
                 }
                 (expired, to_park)

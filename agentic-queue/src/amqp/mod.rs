@@ -679,9 +679,19 @@ async fn consume(state: Weak<QueueState>, mut consumer: lapin::Consumer) {
         };
         match item {
             Ok(delivery) => {
-                lock(&state.buffer).push_back((Instant::now(), delivery));
+                let was_empty = {
+                    let mut buffer = lock(&state.buffer);
+                    buffer.push_back((Instant::now(), delivery));
+                    buffer.len() == 1
+                };
                 state.received.fetch_add(1, Ordering::AcqRel);
-                state.arrived.notify_waiters();
+                // Only an empty buffer has waiters (a `dequeue` waits only after finding it
+                // empty, and registers before it looks); they were all woken by the push
+                // that made it non-empty. Waking them per delivery would cost a wake-up
+                // of every waiting task per message.
+                if was_empty {
+                    state.arrived.notify_waiters();
+                }
             }
             Err(e) => {
                 tracing::warn!(queue = %state.names.queue, error = %e, "consumer stopped");
