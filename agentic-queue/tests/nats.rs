@@ -328,9 +328,10 @@ async fn dead_worker_jobs_are_redelivered() {
     assert_eq!(admin.stats(&q).await.unwrap(), QueueStats::default());
 }
 
-/// Messages that do not decode (no headers at all, nonsense headers) are dead-lettered with
-/// the reason instead of blocking the queue or being dropped; a job a worker cannot use is
-/// dead-lettered with the worker's reason.
+/// Messages whose headers do not decode (an id that cannot be one, a non-numeric attempt
+/// limit, headers that are not JSON) are dead-lettered with the reason instead of blocking
+/// the queue or being dropped; a job a worker cannot use is dead-lettered with the worker's
+/// reason. A plain message any NATS client publishes on a level subject is a job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_payloads_are_dead_lettered() {
     let Some(url) = nats_url("poison_payloads_are_dead_lettered") else {
@@ -345,19 +346,29 @@ async fn poison_payloads_are_dead_lettered() {
     // Foreign publishers write straight to the level subject.
     let js = async_nats::jetstream::new(queue.queue.client().clone());
     let subject = format!("agqtest.{q}.p.0");
-    js.publish(subject.clone(), "no headers at all".into())
+    let plain = js
+        .publish(subject.clone(), "plain publish".into())
         .await
         .unwrap()
         .await
         .unwrap();
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Agq-Id", "not.a.valid.id");
-    h.insert("Agq-Max", "many");
-    js.publish_with_headers(subject, h, "bad headers".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let mut bad_id = async_nats::HeaderMap::new();
+    bad_id.insert("Agq-Id", "not.a.valid.id");
+    let mut bad_max = async_nats::HeaderMap::new();
+    bad_max.insert("Agq-Max", "many");
+    let mut bad_hdr = async_nats::HeaderMap::new();
+    bad_hdr.insert("Agq-Hdr", "{not json");
+    for (h, body) in [
+        (bad_id, "bad id"),
+        (bad_max, "bad max"),
+        (bad_hdr, "bad headers"),
+    ] {
+        js.publish_with_headers(subject.clone(), h, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
     queue
         .enqueue(&q, NewJob::new(b"{not json".to_vec()))
         .await
@@ -365,7 +376,7 @@ async fn poison_payloads_are_dead_lettered() {
 
     let mut got = Vec::new();
     let until = Instant::now() + Duration::from_secs(3);
-    while got.len() < 2 && Instant::now() < until {
+    while got.len() < 3 && Instant::now() < until {
         got.extend(
             queue
                 .dequeue(&q, 10, Duration::from_secs(10), Duration::from_millis(300))
@@ -376,12 +387,14 @@ async fn poison_payloads_are_dead_lettered() {
     let payloads: Vec<&[u8]> = got.iter().map(|d| d.payload.as_ref()).collect();
     assert_eq!(
         payloads,
-        [&b"fine"[..], &b"{not json"[..]],
-        "only the decodable jobs are delivered"
+        [&b"fine"[..], b"plain publish", b"{not json"],
+        "only the decodable jobs are delivered, in order"
     );
+    assert_eq!(got[1].job_id().as_str(), format!("s{}", plain.sequence));
     queue.ack(&got[0].lease).await.unwrap();
+    queue.ack(&got[1].lease).await.unwrap();
     let outcome = queue
-        .nack(&got[1].lease, Retry::DeadLetter, "payload is not JSON")
+        .nack(&got[2].lease, Retry::DeadLetter, "payload is not JSON")
         .await
         .unwrap();
     assert_eq!(outcome, NackOutcome::DeadLettered);
@@ -389,8 +402,8 @@ async fn poison_payloads_are_dead_lettered() {
     let dead = queue.dead_letters(&q, 10).await.unwrap();
     let by_payload: HashMap<&[u8], &DeadLetter> =
         dead.iter().map(|d| (d.payload.as_ref(), d)).collect();
-    assert_eq!(dead.len(), 3, "{dead:?}");
-    for raw in [&b"no headers at all"[..], b"bad headers"] {
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    for raw in [&b"bad id"[..], b"bad max", b"bad headers"] {
         let dl = by_payload[raw];
         assert!(dl.reason.contains("undecodable"), "reason {:?}", dl.reason);
         assert_eq!(dl.attempts, 1);
@@ -403,7 +416,7 @@ async fn poison_payloads_are_dead_lettered() {
     assert_eq!(
         queue.stats(&q).await.unwrap(),
         QueueStats {
-            dead: 3,
+            dead: 4,
             ..QueueStats::default()
         }
     );

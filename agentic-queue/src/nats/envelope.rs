@@ -4,15 +4,19 @@
 //!
 //! | header | on | holds |
 //! |---|---|---|
-//! | `Nats-Msg-Id` | work, dead | the dedupe id the server checks inside its window |
-//! | `Agq-Id` | work, dead | the job id |
-//! | `Agq-Prio` | work, dead | priority `0..=9` (also the subject's level; kept for the delayed subject and dead letters) |
-//! | `Agq-Max` | work, dead | max attempts |
+//! | `Nats-Msg-Id` | keyed work, dead | the dedupe id the server checks inside its window (jobs with an idempotency key); the job id unless `Agq-Id` says otherwise |
+//! | `Agq-Id` | work, dead | the job id, when it is neither the message id nor `s<stream seq>` (moved, requeued and dead messages) |
+//! | `Agq-Prio` | delayed, dead | priority `0..=9` (on a level subject the subject says it) |
+//! | `Agq-Max` | work, dead | max attempts, when not the default (3) |
 //! | `Agq-Hdr` | work, dead | the job's headers as a JSON object (absent when empty) |
 //! | `Agq-Due` | delayed | wall-clock ms since the epoch before which the job is not delivered |
 //! | `Agq-Attempts` | dead, error record | deliveries made (dead letter), or the attempt whose error this is (error record) |
 //! | `Agq-Reason` | dead | why, as a JSON string (so newlines survive a header line) |
 //! | `Agq-Dead-At` | dead | wall-clock ms since the epoch |
+//!
+//! A job without an idempotency key, with default attempts and no headers of its own, has
+//! no headers at all: its id is its stream sequence (`s<seq>`), so the server parses and
+//! stores nothing but the payload, as for a plain publish.
 //!
 //! Header values may not contain CR or LF; every free-form value (user headers, reasons) is
 //! JSON-encoded, which escapes them, so no job can produce an invalid header.
@@ -46,13 +50,33 @@ pub(super) struct Job {
 }
 
 impl Job {
-    /// The headers of a work message carrying this job, deduped under `msg_id`.
-    pub(super) fn work_headers(&self, msg_id: &str) -> Result<HeaderMap, QueueError> {
+    /// The headers of a message carrying this job, deduped under `msg_id`.
+    ///
+    /// Only what cannot be known otherwise, because the server parses and stores every
+    /// header of every message: the job id when it differs from the message id, the
+    /// priority when the subject does not say it (`with_priority`), `max_attempts` when it
+    /// is not the default, the job's headers when there are any.
+    ///
+    /// `msg_id` is `None` for a job without an idempotency key being enqueued: its id is
+    /// not known yet (the stream sequence will be), and `self.id` is empty.
+    pub(super) fn work_headers(
+        &self,
+        msg_id: Option<&str>,
+        with_priority: bool,
+    ) -> Result<HeaderMap, QueueError> {
         let mut h = HeaderMap::new();
-        h.insert(NATS_MESSAGE_ID, value(msg_id)?);
-        h.insert(ID, value(self.id.as_str())?);
-        h.insert(PRIO, HeaderValue::from(u64::from(self.priority)));
-        h.insert(MAX, HeaderValue::from(u64::from(self.max_attempts)));
+        if let Some(msg_id) = msg_id {
+            h.insert(NATS_MESSAGE_ID, value(msg_id)?);
+        }
+        if !self.id.as_str().is_empty() && msg_id != Some(self.id.as_str()) {
+            h.insert(ID, value(self.id.as_str())?);
+        }
+        if with_priority {
+            h.insert(PRIO, HeaderValue::from(u64::from(self.priority)));
+        }
+        if self.max_attempts != crate::DEFAULT_MAX_ATTEMPTS {
+            h.insert(MAX, HeaderValue::from(u64::from(self.max_attempts)));
+        }
         if !self.headers.is_empty() {
             let json = serde_json::to_string(&self.headers)
                 .map_err(|e| QueueError::InvalidJob(format!("headers do not encode: {e}")))?;
@@ -61,16 +85,25 @@ impl Job {
         Ok(h)
     }
 
-    /// Reads a job from a message's headers and body. `Err` names what is wrong, for the
-    /// dead letter of an undecodable message.
+    /// Reads a job from a message's headers and body. A message without an id header is
+    /// a job whose id is its stream sequence (`s<seq>`): that is how jobs without an
+    /// idempotency key travel (no headers at all with default settings, so the server
+    /// parses nothing), and how a plain message any NATS client publishes on a level
+    /// subject becomes a job. `Err` names what is wrong, for the dead letter of a message
+    /// whose headers do not decode.
     pub(super) fn decode(
         headers: Option<&HeaderMap>,
         payload: Bytes,
         priority: Option<u8>,
+        stream_sequence: u64,
     ) -> Result<Job, String> {
-        let h = headers.ok_or("no headers (not published by NatsQueue)")?;
+        let empty = HeaderMap::new();
+        let h = headers.unwrap_or(&empty);
         let get = |name: &str| h.get(name).map(|v| v.as_str());
-        let id = get(ID).ok_or("no Agq-Id header (not published by NatsQueue)")?;
+        let id = match get(ID).or_else(|| get(NATS_MESSAGE_ID.as_ref())) {
+            Some(id) => id.to_owned(),
+            None => sequence_id(stream_sequence),
+        };
         if id.is_empty() {
             return Err("empty Agq-Id header".to_owned());
         }
@@ -81,7 +114,10 @@ impl Job {
         if priority > crate::MAX_PRIORITY {
             return Err(format!("priority {priority} out of range"));
         }
-        let max_attempts: u32 = parse(get(MAX), "Agq-Max")?;
+        let max_attempts: u32 = match get(MAX) {
+            None => crate::DEFAULT_MAX_ATTEMPTS,
+            v => parse(v, "Agq-Max")?,
+        };
         if max_attempts == 0 {
             return Err("Agq-Max of 0".to_owned());
         }
@@ -91,7 +127,7 @@ impl Job {
                 .map_err(|e| format!("Agq-Hdr is not a JSON object of strings: {e}"))?,
         };
         Ok(Job {
-            id: JobId(id.to_owned()),
+            id: JobId(id),
             payload,
             headers,
             priority,
@@ -154,9 +190,9 @@ pub(super) fn id_for_key(key: &str) -> String {
     format!("k{h:032x}")
 }
 
-/// A fresh random job id.
-pub(super) fn new_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+/// The id of a job that has no id header: `s` and its stream sequence, unique in its queue.
+pub(super) fn sequence_id(stream_sequence: u64) -> String {
+    format!("s{stream_sequence}")
 }
 
 /// True for ids this backend can have made (and that are safe as a subject token).
@@ -178,7 +214,7 @@ mod tests {
         assert_ne!(id_for_key("order-42"), id_for_key("order-43"));
         assert_eq!(id_for_key("").len(), 33);
         assert!(is_job_id(&id_for_key("x y\n")));
-        assert!(is_job_id(&new_id()));
+        assert!(is_job_id(&sequence_id(42)));
         assert!(!is_job_id("a.b") && !is_job_id("*") && !is_job_id(""));
     }
 
@@ -194,8 +230,8 @@ mod tests {
             priority: 7,
             max_attempts: 4,
         };
-        let h = job.work_headers("abc").unwrap_or_default();
-        let back = Job::decode(Some(&h), job.payload.clone(), None);
+        let h = job.work_headers(Some("abc"), true).unwrap_or_default();
+        let back = Job::decode(Some(&h), job.payload.clone(), None, 9);
         let back = back.unwrap_or_else(|e| Job {
             id: JobId(e),
             ..job.clone()
@@ -203,7 +239,11 @@ mod tests {
         assert_eq!(back.id, job.id);
         assert_eq!(back.headers, job.headers);
         assert_eq!((back.priority, back.max_attempts), (7, 4));
-        assert!(Job::decode(None, Bytes::new(), Some(0)).is_err());
+        let plain = Job::decode(None, Bytes::new(), Some(0), 7).map(|j| j.id);
+        assert_eq!(plain.ok(), Some(JobId("s7".to_owned())));
+        let mut bad = HeaderMap::new();
+        bad.insert(MAX, "many");
+        assert!(Job::decode(Some(&bad), Bytes::new(), Some(0), 7).is_err());
         assert_eq!(read_text(Some(r#""a\nb""#)), "a\nb");
         assert!(text("line\nbreak").is_ok());
     }

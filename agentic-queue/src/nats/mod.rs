@@ -160,6 +160,11 @@ pub struct NatsQueueConfig {
     pub error_record_max_age: Duration,
     /// How often a waiting `dequeue` rescans for redeliveries and due delayed jobs.
     pub poll_interval: Duration,
+    /// How long a dequeue may reuse the per-level message counts an earlier one read
+    /// (one stream-info request less per dequeue on a busy queue). Enqueues, requeues and
+    /// wake-ups seen by this process discard them at once; a job another process puts on
+    /// a level this process saw empty waits at most this long. `ZERO` reads every time.
+    pub level_scan_interval: Duration,
     /// Leases with less than this left are refused (see the module docs, fencing): at least
     /// the one-way latency to the server.
     pub fence_margin: Duration,
@@ -186,6 +191,7 @@ impl NatsQueueConfig {
             dead_letter_max: 100_000,
             error_record_max_age: Duration::from_secs(7 * 24 * 3600),
             poll_interval: Duration::from_millis(200),
+            level_scan_interval: Duration::from_millis(50),
             fence_margin: Duration::from_millis(20),
             replicas: 1,
             request_timeout: Duration::from_secs(5),
@@ -246,6 +252,16 @@ struct QueueState {
     delayed: OnceCell<Level>,
     /// When each level was last checked for acked messages the stream still holds.
     repaired: Mutex<[Option<Instant>; 10]>,
+    /// The last subject counts and when they were read (see
+    /// [`NatsQueueConfig::level_scan_interval`]).
+    counts: Mutex<Option<(Instant, HashMap<String, u64>)>>,
+}
+
+impl QueueState {
+    /// Forget the cached counts: something changed that this process knows of.
+    fn stale(&self) {
+        *lock(&self.counts) = None;
+    }
 }
 
 struct Level {
@@ -279,10 +295,16 @@ impl Leases {
             }
             self.by_queue.retain(|_, m| !m.is_empty());
         }
-        self.by_queue
-            .entry(queue.to_owned())
-            .or_default()
-            .insert(token, held);
+        // Look up before `entry`: it would allocate the queue's name on every insert.
+        match self.by_queue.get_mut(queue) {
+            Some(m) => {
+                m.insert(token, held);
+            }
+            None => {
+                self.by_queue
+                    .insert(queue.to_owned(), HashMap::from([(token, held)]));
+            }
+        }
     }
 
     fn take(&mut self, lease: &Lease) -> Option<Held> {
@@ -439,7 +461,7 @@ impl NatsQueue {
             .iter()
             .map(|(_, h)| (h.reply.clone(), Bytes::from_static(ACK)))
             .collect();
-        if let Err(e) = self.confirm(&acks).await {
+        if let Err(e) = self.confirm_in_order(acks).await {
             // Unknown which arrived; put them back so the caller can ack again (an ack of
             // a message already acked is a no-op on the server).
             let msg = e.to_string();
@@ -483,6 +505,7 @@ impl NatsQueue {
             levels: Default::default(),
             delayed: OnceCell::new(),
             repaired: Mutex::new([None; 10]),
+            counts: Mutex::new(None),
         });
         Ok(lock(&self.inner.queues)
             .entry(queue.to_owned())
@@ -719,44 +742,65 @@ impl NatsQueue {
     }
 
     /// Sends acks/naks/progress on their reply subjects and waits until the server has
-    /// processed every one (it answers each on our inbox after acting on it).
+    /// processed every one (it answers each on our inbox after acting on it). Uses the
+    /// client's shared request inbox, so no subscription is made per call.
     async fn confirm(&self, acks: &[(String, Bytes)]) -> Result<(), QueueError> {
-        if acks.is_empty() {
-            return Ok(());
-        }
         let client = &self.inner.client;
-        let inbox = client.new_inbox();
-        let mut sub = client
-            .subscribe(format!("{inbox}.*"))
-            .await
-            .map_err(|e| QueueError::transient("NATS: subscribe", e))?;
-        for (i, (reply, body)) in acks.iter().enumerate() {
-            client
-                .publish_with_reply(reply.clone(), format!("{inbox}.{i}"), body.clone())
+        let timeout = self.inner.config.request_timeout;
+        let replies = futures::future::join_all(acks.iter().map(|(reply, body)| {
+            tokio::time::timeout(timeout, client.request(reply.clone(), body.clone()))
+        }))
+        .await;
+        let failed = replies.iter().filter(|r| !matches!(r, Ok(Ok(_)))).count();
+        if failed > 0 {
+            return Err(QueueError::Backend {
+                message: format!(
+                    "NATS: {failed} of {} acks were not confirmed in time",
+                    acks.len()
+                ),
+                retryable: true,
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Like [`confirm`](Self::confirm), with one reply per consumer instead of one per ack.
+    ///
+    /// The server handles the acks of one consumer in the order they arrive (one queue,
+    /// one goroutine per consumer), and ours arrive in the order we send them on our one
+    /// connection; so once it has answered the last ack sent to a consumer, it has acted
+    /// on every earlier one. The others go out plain, sparing the server a reply each.
+    async fn confirm_in_order(&self, acks: Vec<(String, Bytes)>) -> Result<(), QueueError> {
+        // The consumer is the ack subject up to its 4th dot: `$JS.ACK.<stream>.<consumer>.`.
+        fn consumer_of(reply: &str) -> &str {
+            reply
+                .match_indices('.')
+                .nth(3)
+                .map_or(reply, |(i, _)| reply.get(..i).unwrap_or(reply))
+        }
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, (reply, _)) in acks.iter().enumerate() {
+            last.insert(consumer_of(reply), i);
+        }
+        let confirmed: HashSet<usize> = last.into_values().collect();
+        let mut plain = Vec::with_capacity(acks.len());
+        let mut tail = Vec::with_capacity(confirmed.len());
+        for (i, ack) in acks.into_iter().enumerate() {
+            if confirmed.contains(&i) {
+                tail.push(ack);
+            } else {
+                plain.push(ack);
+            }
+        }
+        for (reply, body) in plain {
+            self.inner
+                .client
+                .publish(reply, body)
                 .await
                 .map_err(|e| QueueError::transient("NATS: ack", e))?;
         }
-        let deadline = Instant::now() + self.inner.config.request_timeout;
-        let mut seen = HashSet::with_capacity(acks.len());
-        while seen.len() < acks.len() {
-            match tokio::time::timeout_at(deadline, sub.next()).await {
-                Ok(Some(m)) => {
-                    seen.insert(m.subject.to_string());
-                }
-                Ok(None) | Err(_) => {
-                    return Err(QueueError::Backend {
-                        message: format!(
-                            "NATS: {} of {} acks were not confirmed in time",
-                            acks.len() - seen.len(),
-                            acks.len()
-                        ),
-                        retryable: true,
-                        source: None,
-                    });
-                }
-            }
-        }
-        Ok(())
+        self.confirm(&tail).await
     }
 
     /// Fire-and-forget acks (a lost one only delays a redelivery).
@@ -834,7 +878,10 @@ impl NatsQueue {
         reason: &str,
         reply: &str,
     ) -> Result<(), QueueError> {
-        let mut h = job.work_headers(&format!("{}:d{stream_sequence}:{attempts}", job.id))?;
+        let mut h = job.work_headers(
+            Some(&format!("{}:d{stream_sequence}:{attempts}", job.id)),
+            true,
+        )?;
         h.insert(ATTEMPTS, HeaderValue::from(u64::from(attempts)));
         h.insert(REASON, envelope::text(reason)?);
         h.insert(DEAD_AT, HeaderValue::from(now_ms()));
@@ -876,10 +923,11 @@ impl NatsQueue {
                     .map(|v| v.as_str()),
                 DUE,
             );
-            let job = Job::decode(m.headers.as_ref(), m.payload.clone(), None).and_then(checked_id);
+            let job =
+                Job::decode(m.headers.as_ref(), m.payload.clone(), None, sseq).and_then(checked_id);
             match (job, due) {
                 (Ok(job), Ok(due)) if due <= now => {
-                    let h = job.work_headers(&format!("{}:m{sseq}", job.id))?;
+                    let h = job.work_headers(Some(&format!("{}:m{sseq}", job.id)), false)?;
                     self.publish_acked(st.names.level(job.priority), h, job.payload.clone())
                         .await?;
                     if let Some(p) = promoted.get_mut(usize::from(job.priority)) {
@@ -913,7 +961,19 @@ impl NatsQueue {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let counts = self.subject_counts(&st.names).await?.unwrap_or_default();
+        let cached = lock(&st.counts)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < self.inner.config.level_scan_interval)
+            .map(|(_, c)| c.clone());
+        let fresh = cached.is_none();
+        let counts = match cached {
+            Some(c) => c,
+            None => {
+                let c = self.subject_counts(&st.names).await?.unwrap_or_default();
+                *lock(&st.counts) = Some((Instant::now(), c.clone()));
+                c
+            }
+        };
         let count = |subject: &str| counts.get(subject).copied().unwrap_or(0);
         let promoted = if count(&st.names.delayed()) > 0 {
             self.promote_delayed(st).await?
@@ -959,12 +1019,16 @@ impl NatsQueue {
                         out.push(d.0);
                     }
                 }
-                if n == 0 && first {
+                if n == 0 && first && fresh {
                     self.repair_level(st, priority, count(&st.names.level(priority)))
                         .await;
                 }
                 first = false;
                 if n < want {
+                    // Drained (as of now): until the counts are read again, do not ask.
+                    if let Some((_, c)) = lock(&st.counts).as_mut() {
+                        c.insert(st.names.level(priority), 0);
+                    }
                     break;
                 }
             }
@@ -1000,7 +1064,7 @@ impl NatsQueue {
             .info()
             .map_err(|e| QueueError::backend_msg(format!("NATS: message metadata: {e}")))?;
         let (sseq, delivered) = (info.stream_sequence, info.delivered.max(1) as u64);
-        let job = match Job::decode(m.headers.as_ref(), m.payload.clone(), Some(priority))
+        let job = match Job::decode(m.headers.as_ref(), m.payload.clone(), Some(priority), sseq)
             .and_then(checked_id)
         {
             Ok(job) => job,
@@ -1107,49 +1171,49 @@ impl TaskQueue for NatsQueue {
             // Publish the whole chunk, then collect the acks: one round trip per chunk
             // rather than per job. Order is kept: one connection, one stream.
             for new in chunk {
-                let keyed = new.idempotency_key.is_some();
-                let id = match &new.idempotency_key {
-                    Some(key) => envelope::id_for_key(key),
-                    None => envelope::new_id(),
-                };
+                // With a key: the id is the key's, and the key dedupes on the server.
+                // Without: no id header at all; the id is the stream sequence.
+                let key_id = new.idempotency_key.as_deref().map(envelope::id_for_key);
                 let job = Job {
-                    id: JobId(id),
+                    id: JobId(key_id.clone().unwrap_or_default()),
                     payload: new.payload.clone(),
                     headers: new.headers.clone(),
                     priority: new.priority,
                     max_attempts: new.max_attempts,
                 };
-                let mut headers = job.work_headers(job.id.as_str())?;
-                let subject = if new.delay.is_zero() {
-                    st.names.level(new.priority)
-                } else {
+                let delayed = !new.delay.is_zero();
+                let mut headers = job.work_headers(key_id.as_deref(), delayed)?;
+                let subject = if delayed {
                     headers.insert(
                         DUE,
                         HeaderValue::from(now.saturating_add(millis(new.delay))),
                     );
                     st.names.delayed()
+                } else {
+                    st.names.level(new.priority)
                 };
-                let ack = self
-                    .inner
-                    .js
-                    .publish_with_headers(subject.clone(), headers.clone(), job.payload.clone())
-                    .await;
-                sent.push((ack, subject, headers, job, keyed));
+                let js = &self.inner.js;
+                let ack = if headers.is_empty() {
+                    js.publish(subject.clone(), job.payload.clone()).await
+                } else {
+                    js.publish_with_headers(subject.clone(), headers.clone(), job.payload.clone())
+                        .await
+                };
+                sent.push((ack, subject, headers, job, key_id));
             }
-            for (ack, subject, headers, job, keyed) in sent {
+            for (ack, subject, headers, job, key_id) in sent {
                 let first = match ack {
                     Ok(fut) => fut.await,
                     Err(e) => Err(e),
                 };
-                let duplicate = match first {
-                    Ok(ack) => ack.duplicate,
+                let ack = match first {
+                    Ok(ack) => ack,
                     Err(e) if publish_transient(e.kind()) => {
-                        // Same message id: if the first try was stored, this is a duplicate
-                        // of our own job, which for a job without a key is no duplicate.
-                        let ack = self
-                            .publish_acked(subject, headers, job.payload.clone())
-                            .await?;
-                        ack.duplicate && keyed
+                        // With a key, the same message id makes a retry of a stored
+                        // message a duplicate. Without one, a retry after a lost ack may
+                        // store the job twice: two jobs, each run at least once.
+                        self.publish_acked(subject, headers, job.payload.clone())
+                            .await?
                     }
                     Err(e) => {
                         return Err(QueueError::Backend {
@@ -1159,12 +1223,19 @@ impl TaskQueue for NatsQueue {
                         });
                     }
                 };
-                out.push(Enqueued {
-                    id: job.id,
-                    duplicate,
+                out.push(match key_id {
+                    Some(id) => Enqueued {
+                        id: JobId(id),
+                        duplicate: ack.duplicate,
+                    },
+                    None => Enqueued {
+                        id: JobId(envelope::sequence_id(ack.sequence)),
+                        duplicate: false,
+                    },
                 });
             }
         }
+        st.stale();
         self.wake(&st.names).await;
         Ok(out)
     }
@@ -1181,31 +1252,30 @@ impl TaskQueue for NatsQueue {
             return Ok(Vec::new());
         }
         let deadline = Instant::now() + wait;
-        // Subscribed before the first look, so an enqueue between the look and the wait
-        // still wakes us.
-        let mut wake = if wait.is_zero() {
-            None
-        } else {
-            Some(
-                self.inner
-                    .client
-                    .subscribe(st.names.wake())
-                    .await
-                    .map_err(|e| QueueError::transient("NATS: subscribe", e))?,
-            )
-        };
+        let mut wake = None;
         loop {
             let got = self.sweep(queue, &st, max, lease).await?;
             let now = Instant::now();
             if !got.is_empty() || now >= deadline {
                 return Ok(got);
             }
+            let Some(sub) = wake.as_mut() else {
+                // Subscribed only once we have to wait (a busy queue never pays for it),
+                // and before the next look, so an enqueue between that look and the wait
+                // still wakes us.
+                wake = Some(
+                    self.inner
+                        .client
+                        .subscribe(st.names.wake())
+                        .await
+                        .map_err(|e| QueueError::transient("NATS: subscribe", e))?,
+                );
+                continue;
+            };
             let nap = (deadline - now).min(self.inner.config.poll_interval);
-            match wake.as_mut() {
-                Some(sub) => {
-                    let _ = tokio::time::timeout(nap, sub.next()).await;
-                }
-                None => tokio::time::sleep(nap).await,
+            if let Ok(Some(_)) = tokio::time::timeout(nap, sub.next()).await {
+                // Someone enqueued: look at the stream, not at our cached counts.
+                st.stale();
             }
         }
     }
@@ -1225,6 +1295,8 @@ impl TaskQueue for NatsQueue {
     ) -> Result<NackOutcome, QueueError> {
         let st = self.state(&lease.queue).await?;
         let held = self.take_valid(lease)?;
+        // The job stays (or comes back) on its level: counts cached as empty are wrong now.
+        st.stale();
         let give_up = match retry {
             Retry::DeadLetter => true,
             Retry::After(_) => held.attempt >= held.job.max_attempts,
@@ -1396,12 +1468,12 @@ impl TaskQueue for NatsQueue {
                 }
                 Err(e) => return Err(QueueError::transient("NATS: read a dead letter", e)),
             };
-            let job = match Job::decode(Some(&m.headers), m.payload.clone(), None) {
+            let job = match Job::decode(Some(&m.headers), m.payload.clone(), None, m.sequence) {
                 Ok(job) => job,
                 Err(_) => poison(m.sequence, m.payload.clone(), 0),
             };
             // A new message: fresh delivery count, a greater sequence (so greater tokens).
-            let h = job.work_headers(&format!("{}:r{}", job.id, m.sequence))?;
+            let h = job.work_headers(Some(&format!("{}:r{}", job.id, m.sequence)), false)?;
             self.publish_acked(st.names.level(job.priority), h, job.payload.clone())
                 .await?;
             match dlq.delete_message(m.sequence).await {
@@ -1415,6 +1487,7 @@ impl TaskQueue for NatsQueue {
             }
         }
         if moved > 0 {
+            st.stale();
             self.wake(&st.names).await;
         }
         Ok(moved)
@@ -1460,7 +1533,8 @@ fn read_dead_letter(names: &Names, m: &jetstream::Message) -> DeadLetter {
         .strip_prefix(&format!("{}.dead.", names.base))
         .unwrap_or_default()
         .to_owned();
-    let job = Job::decode(h, m.payload.clone(), None).ok();
+    let sseq = m.info().map_or(0, |i| i.stream_sequence);
+    let job = Job::decode(h, m.payload.clone(), None, sseq).ok();
     let dead_at_ms: u64 = get(DEAD_AT).and_then(|v| v.parse().ok()).unwrap_or(0);
     DeadLetter {
         job_id: job
