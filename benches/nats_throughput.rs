@@ -13,7 +13,9 @@
 //! batch in flight, no-wait `fetch` of a batch, plain explicit `ack` per message (not
 //! confirmed). Store: `OPS` operations from `CLIENTS` concurrent tasks for get, put and
 //! compare-and-set against raw KV `entry`, `put` and `update`. `AGENTIC_BENCH_JOBS`
-//! overrides the job count. Everything it creates is deleted at the end.
+//! overrides the job count (100,000), `AGENTIC_BENCH_ROUNDS` the alternating rounds of
+//! each queue path (5, the median is reported); `AGENTIC_NATS_SERVER_PID` adds the
+//! server's CPU per job to each round's line. Everything it creates is deleted at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
@@ -63,12 +65,16 @@ fn main() {
             let (c0, s0) = cpu();
             ours.push(queue_ours(&url, &format!("b{round}-{tag}"), jobs).await);
             let (c1, s1) = cpu();
-            if std::env::var("EXP_ONLY_OURS").is_err() { raw.push(queue_raw(&url, &format!("r{round}{tag}"), jobs).await); } else { raw.push(1.0); }
+            raw.push(queue_raw(&url, &format!("r{round}{tag}"), jobs).await);
             let (c2, s2) = cpu();
-            if std::env::var("EXP_CPU").is_ok() {
-                println!("cpu us/job ours client {:.1} server {:.1} | raw client {:.1} server {:.1}",
-                    (c1-c0)*1e6/jobs as f64, (s1-s0)*1e6/jobs as f64, (c2-c1)*1e6/jobs as f64, (s2-s1)*1e6/jobs as f64);
-            }
+            let per_job = |secs: f64| secs * 1e6 / jobs as f64;
+            println!(
+                "  round {round}: CPU per job, NatsQueue: client {:.1} µs, server {:.1} µs | raw: client {:.1} µs, server {:.1} µs",
+                per_job(c1 - c0),
+                per_job(s1 - s0),
+                per_job(c2 - c1),
+                per_job(s2 - s1)
+            );
         }
         let (o, r) = (median(&mut ours), median(&mut raw));
         println!(
@@ -195,21 +201,7 @@ async fn queue_raw(url: &str, name: &str, jobs: usize) -> f64 {
             for _ in 0..jobs / BATCH {
                 let mut acks = Vec::with_capacity(BATCH);
                 for _ in 0..BATCH {
-                    if std::env::var("EXP_RAW_MSGID").is_ok() {
-                        let mut h = async_nats::HeaderMap::new();
-                        h.insert(
-                            "Nats-Msg-Id",
-                            format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
-                                .as_str(),
-                        );
-                        acks.push(
-                            js.publish_with_headers(subject.clone(), h, payload.clone())
-                                .await
-                                .unwrap(),
-                        );
-                    } else {
-                        acks.push(js.publish(subject.clone(), payload.clone()).await.unwrap());
-                    }
+                    acks.push(js.publish(subject.clone(), payload.clone()).await.unwrap());
                 }
                 for a in acks {
                     a.await.unwrap();
@@ -405,19 +397,32 @@ where
     OPS as f64 / start.elapsed().as_secs_f64()
 }
 
+/// CPU seconds used so far by this process and by the server (when
+/// `AGENTIC_NATS_SERVER_PID` names it; 0 otherwise), from `/proc/<pid>/stat`: on a
+/// shared machine, CPU per job says more about the cost than wall-clock rate.
 fn cpu() -> (f64, f64) {
-    fn ticks(pid: &str) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let f: Vec<&str> = s
+    fn seconds(pid: &str) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name: utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat
             .rsplit(')')
             .next()
             .unwrap_or("")
             .split_whitespace()
             .collect();
-        (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-            / 100.0
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
     }
-    let server = std::env::var("EXP_SERVER_PID").unwrap_or_default();
-    (ticks("self"), ticks(&server))
+    let server = std::env::var("AGENTIC_NATS_SERVER_PID").unwrap_or_default();
+    let server = if server.is_empty() {
+        0.0
+    } else {
+        seconds(&server)
+    };
+    (seconds("self"), server)
 }
