@@ -3,10 +3,12 @@
 //! - `wasm/sandbox_tiny`: a tiny WASI command (writes "hi" to stdout) through `WasmSandbox`:
 //!   instantiate, run, collect output, tear down. Beside it `wasm/bare_tiny`: the same module
 //!   with plain wasmtime + wasmtime-wasi (pre-linked, sync, memory pipe), the floor.
-//!   Target: sandbox p50 at most 100 µs.
+//!   Target: sandbox p50 at most 100 µs. `wasm/sandbox_tiny_pooling`: the same with the
+//!   pooling allocator.
 //! - `wasm/python_hi`: `print('hi')` on the Python runtime, warm. Target: at most 150 ms.
 //! - `process/true`: `true` through `ProcessSandbox` with every protection this host offers,
-//!   beside `process/bare_true` (`tokio::process::Command`). Target: at most 5 ms.
+//!   beside `process/bare_true` (`tokio::process::Command`). Target: at most 5 ms. The summary
+//!   adds variants without the network namespace and/or Landlock, to show where time goes.
 //!
 //! After criterion, a summary prints the p50 of each (its own samples, same process) and the
 //! sandbox-to-bare ratios, for `docs/benchmarks.md`.
@@ -25,8 +27,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agentic_core::sandbox::{
-    ExecRequest, Language, Limits, ProcessSandbox, ProcessSandboxConfig, Sandbox, WasmSandbox,
-    WasmSandboxConfig,
+    ExecRequest, Language, Limits, PoolingOptions, ProcessSandbox, ProcessSandboxConfig, Sandbox,
+    WasmSandbox, WasmSandboxConfig,
 };
 use criterion::Criterion;
 use wasmtime_wasi::WasiCtxBuilder;
@@ -95,7 +97,11 @@ struct Subjects {
     rt: tokio::runtime::Runtime,
     bare: Bare,
     wasm: WasmSandbox,
+    /// The same with the pooling allocator (instances, memories and fiber stacks reused).
+    pooled: WasmSandbox,
     process: ProcessSandbox,
+    /// Process sandbox variants, for where the time goes: (name, sandbox).
+    process_variants: Vec<(&'static str, ProcessSandbox)>,
 }
 
 impl Subjects {
@@ -114,12 +120,29 @@ impl Subjects {
         } else {
             println!("SKIPPED wasm/python_hi: no Python runtime (run .ci/install-sandbox-deps)");
         }
+        let pooled = WasmSandbox::new(
+            WasmSandboxConfig::default().pooling(PoolingOptions::new(8, 64 * 1024 * 1024)),
+        )
+        .unwrap();
         let process = ProcessSandbox::new(ProcessSandboxConfig::default()).unwrap();
+        let variant = |network: bool, landlock: bool| {
+            let mut config = ProcessSandboxConfig::default();
+            config.isolate_network = network;
+            config.landlock = landlock;
+            ProcessSandbox::new(config).unwrap()
+        };
+        let process_variants = vec![
+            ("no netns", variant(false, true)),
+            ("no landlock", variant(true, false)),
+            ("neither", variant(false, false)),
+        ];
         Subjects {
             rt,
             bare: Bare::new(),
             wasm,
+            pooled,
             process,
+            process_variants,
         }
     }
 
@@ -131,8 +154,11 @@ impl Subjects {
     }
 
     async fn tiny(&self) {
-        let outcome = self.wasm.execute(ExecRequest::wasm(TINY)).await.unwrap();
-        assert_eq!(outcome.stdout, b"hi\n");
+        tiny_on(&self.wasm).await;
+    }
+
+    async fn tiny_pooled(&self) {
+        tiny_on(&self.pooled).await;
     }
 
     async fn python(&self) {
@@ -180,12 +206,25 @@ where
     })
 }
 
+async fn tiny_on(sandbox: &WasmSandbox) {
+    let outcome = sandbox.execute(ExecRequest::wasm(TINY)).await.unwrap();
+    assert_eq!(outcome.stdout, b"hi\n");
+}
+
+async fn true_on(sandbox: &ProcessSandbox) {
+    let outcome = sandbox.execute(ExecRequest::command("true")).await.unwrap();
+    assert!(outcome.success(), "{}", outcome.stderr_text());
+}
+
 fn bench(c: &mut Criterion, subjects: &Subjects) {
     let rt = &subjects.rt;
     let mut wasm = c.benchmark_group("wasm");
     wasm.bench_function("bare_tiny", |b| b.iter(|| subjects.bare.run()));
     wasm.bench_function("sandbox_tiny", |b| {
         b.iter_custom(|iters| timed(rt, iters, || subjects.tiny()))
+    });
+    wasm.bench_function("sandbox_tiny_pooling", |b| {
+        b.iter_custom(|iters| timed(rt, iters, || subjects.tiny_pooled()))
     });
     if subjects.has_python() {
         wasm.sample_size(10)
@@ -230,12 +269,30 @@ where
     (samples[n / 2], samples[n * 9 / 10])
 }
 
+/// p50 and p90 of `n` runs of a synchronous `f`.
+fn percentiles_sync(n: usize, mut f: impl FnMut()) -> (Duration, Duration) {
+    for _ in 0..n / 10 {
+        f();
+    }
+    let mut samples: Vec<Duration> = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            f();
+            started.elapsed()
+        })
+        .collect();
+    samples.sort();
+    (samples[n / 2], samples[n * 9 / 10])
+}
+
 fn summary(subjects: &Subjects) {
     let rt = &subjects.rt;
-    let bare = percentiles(rt, 2000, || async {
+    // Plain wasmtime's sync WASI must not run inside `block_on` (it starts its own).
+    let bare = percentiles_sync(2000, || {
         subjects.bare.run();
     });
     let tiny = percentiles(rt, 2000, || subjects.tiny());
+    let pooled = percentiles(rt, 2000, || subjects.tiny_pooled());
     let bare_true = percentiles(rt, 200, || subjects.bare_true());
     let true_ = percentiles(rt, 200, || subjects.process_true());
     println!("\nsandbox summary (p50 / p90, this process, this machine)");
@@ -248,6 +305,12 @@ fn summary(subjects: &Subjects) {
         tiny.0,
         tiny.1,
         tiny.0.as_secs_f64() / bare.0.as_secs_f64()
+    );
+    println!(
+        "  wasm sandbox_tiny_pooling {:>5.1?} / {:>10.1?}   ratio {:.1}x bare",
+        pooled.0,
+        pooled.1,
+        pooled.0.as_secs_f64() / bare.0.as_secs_f64()
     );
     if subjects.has_python() {
         let python = percentiles(rt, 20, || subjects.python());
@@ -266,6 +329,13 @@ fn summary(subjects: &Subjects) {
         true_.1,
         true_.0.as_secs_f64() / bare_true.0.as_secs_f64()
     );
+    for (name, sandbox) in &subjects.process_variants {
+        let variant = percentiles(rt, 200, || true_on(sandbox));
+        println!(
+            "  process true, {name:<12} {:>8.1?} / {:>10.1?}",
+            variant.0, variant.1
+        );
+    }
     let outcome = rt
         .block_on(subjects.process.execute(ExecRequest::command("true")))
         .unwrap();
