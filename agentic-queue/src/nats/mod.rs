@@ -64,8 +64,11 @@
 //!
 //! # Priorities and delays
 //!
-//! One subject and consumer per level. A dequeue asks the stream once how many messages each
-//! subject holds, then fetches (no-wait pulls) from the non-empty levels, highest first.
+//! One subject and consumer per level. A dequeue asks the stream how many messages each
+//! subject holds, then fetches (no-wait pulls) from the non-empty levels, highest first. The
+//! counts are reused for [`NatsQueueConfig::level_scan_interval`] unless this process
+//! enqueued, nacked, requeued or was woken since, so a busy consumer does not ask on every
+//! call; a job another process puts on a level seen empty waits at most that long.
 //! NATS 2.9 has no scheduled messages, so a job with a delay goes to the `delayed` subject
 //! with its due time (enqueuer's wall clock) in a header. Dequeues move due ones to their
 //! level (publish, await the ack, then ack the delayed message; the copy is deduped by
@@ -82,10 +85,17 @@
 //! # Stats (approximations)
 //!
 //! `ready` and `leased` per level are the level consumer's pending and ack-pending counts
-//! (the subject's message count before anyone dequeued); `delayed` is the `delayed` subject's count; `dead` the dead-letter
-//! stream's. A job waiting out a retry delay is pending on its consumer, so it counts as
-//! `leased`, not `delayed`; a job whose lease expired counts as `leased` until it is
-//! redelivered (the trait allows this).
+//! (the subject's message count before anyone dequeued); `delayed` is the `delayed`
+//! subject's count; `dead` the dead-letter stream's. A job waiting out a retry delay is
+//! pending on its consumer, so it counts as `leased`, not `delayed`; a job whose lease
+//! expired counts as `leased` until it is redelivered (the trait allows this).
+//!
+//! # Jobs without a key
+//!
+//! carry no id header: their id is their stream sequence (`s<seq>`), so with default
+//! settings a job is a bare message, as cheap for the server as a plain publish, and any
+//! NATS client can enqueue by publishing to a level subject. Jobs with an idempotency key
+//! carry it (hashed) as `Nats-Msg-Id`, which is also their id.
 //!
 //! # Reconnects
 //!
@@ -94,8 +104,11 @@
 //! [`NatsQueueConfig::request_timeout`] and fails with a retryable error; messages the
 //! server had already sent to it are lost with the connection and stay pending, so they are
 //! redelivered after `ack_wait` with the next attempt. Publishes that fail with a timeout or
-//! a broken connection are retried with the same `Nats-Msg-Id`, so a retry the server had
-//! already stored is a duplicate, not a second job.
+//! a broken connection are retried: a keyed job with the same `Nats-Msg-Id`, so a retry the
+//! server had already stored is a duplicate, not a second job; an unkeyed job has no id to
+//! dedupe on, so a retry after a lost publish ack may store it twice (two jobs, each run at
+//! least once, which at-least-once allows). A server killed without a clean shutdown may
+//! come back holding messages its consumer already acked; see `repair_level`.
 
 mod envelope;
 mod topology;
@@ -216,7 +229,7 @@ impl NatsQueueConfig {
 /// |---|---|
 /// | priorities | 10 levels (a subject and consumer each), FIFO inside a level |
 /// | delays | yes: a `delayed` subject moved by dequeues (wall clock of the enqueuer), retry delays by delayed Nak |
-/// | dedupe | yes: `Nats-Msg-Id`, window = the stream's duplicate window (2 min by default) |
+/// | dedupe | jobs with an idempotency key: `Nats-Msg-Id`, window = the stream's duplicate window (2 min by default) |
 /// | max lease | unbounded (delayed Nak sets any deadline) |
 /// | fencing | client-side, per `NatsQueue` (see the module docs) |
 /// | persistence | file storage, replicas as configured |
