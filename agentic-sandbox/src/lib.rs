@@ -312,6 +312,9 @@ pub enum SandboxError {
     /// No sandbox is configured.
     #[error("no sandbox available: {0}")]
     Unavailable(String),
+    /// The sandbox is at capacity (every pooled instance slot is in use); retry later.
+    #[error("sandbox busy: {0}")]
+    Busy(String),
     /// The host failed to set the run up.
     #[error("sandbox setup failed: {message}")]
     Setup {
@@ -321,6 +324,14 @@ pub enum SandboxError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
+}
+
+impl SandboxError {
+    /// True when the same request may succeed if retried later ([`SandboxError::Busy`]);
+    /// every other error would fail again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SandboxError::Busy(_))
+    }
 }
 
 /// What a sandbox can run.

@@ -261,3 +261,20 @@ fn setup_errors_keep_their_source() {
         "no sandbox available: none"
     );
 }
+
+#[test]
+fn only_busy_is_retryable() {
+    assert!(SandboxError::Busy("pool full".into()).is_retryable());
+    for error in [
+        SandboxError::Unsupported("x".into()),
+        SandboxError::InvalidProgram("x".into()),
+        SandboxError::InvalidRequest("x".into()),
+        SandboxError::Unavailable("x".into()),
+        SandboxError::Setup {
+            message: "x".into(),
+            source: None,
+        },
+    ] {
+        assert!(!error.is_retryable(), "{error}");
+    }
+}

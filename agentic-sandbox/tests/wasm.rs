@@ -657,3 +657,41 @@ fn a_guest_whose_caller_gives_up_is_stopped() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_says_busy_rather_than_blaming_the_guest() {
+    let sandbox = WasmSandbox::new(
+        WasmSandboxConfig::default().pooling(PoolingOptions::new(1, 8 * 1024 * 1024)),
+    )
+    .unwrap();
+    let spin = Limits {
+        fuel: Some(u64::MAX),
+        wall_time: Duration::from_millis(800),
+        ..limits()
+    };
+    let first = {
+        let sandbox = sandbox.clone();
+        tokio::spawn(async move {
+            sandbox
+                .execute(ExecRequest::wasm(busy_loop()).limits(spin))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match sandbox.execute(ExecRequest::wasm(hello())).await {
+        Err(error @ SandboxError::Busy(_)) => assert!(error.is_retryable(), "{error}"),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert_eq!(
+        first.await.unwrap().unwrap().termination,
+        Termination::Timeout
+    );
+    // Once the slot is free again, the same request runs.
+    assert!(
+        sandbox
+            .execute(ExecRequest::wasm(hello()))
+            .await
+            .unwrap()
+            .success()
+    );
+}

@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, ExternType, InstanceAllocationStrategy, Linker, Module,
-    PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+    PoolConcurrencyLimitError, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
@@ -585,6 +585,15 @@ impl Inner {
             .await
         });
         let wall_time = started.elapsed();
+        if let Ok(Err(error)) = &result
+            && error.is::<PoolConcurrencyLimitError>()
+        {
+            // Not the guest's doing: every pool slot is taken by other runs.
+            return Err(SandboxError::Busy(format!(
+                "all pooled instance slots are in use: {}",
+                describe(error)
+            )));
+        }
 
         let refused = store.data().guard.refused();
         let termination = classify(result, stdout.overflowed() || stderr.overflowed(), refused);
