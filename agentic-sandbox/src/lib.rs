@@ -18,6 +18,26 @@
 //! assert!(matches!(err, SandboxError::Unavailable(_)));
 //! # }
 //! ```
+//!
+//! # Features
+//!
+//! | feature | backend | runs |
+//! |---|---|---|
+//! | `wasm` | `WasmSandbox` (wasmtime 48, WASI preview 1) | WebAssembly command modules; Python and JavaScript source when their runtimes are configured |
+//! | `process` (Linux) | `ProcessSandbox` (rlimits, network namespace, Landlock) | native commands |
+//! | (always) | [`NoSandbox`] | nothing: [`SandboxError::Unavailable`] |
+//!
+//! # Guarantees
+//!
+//! - A request that cannot start is an `Err`; a run that starts always yields an
+//!   [`ExecOutcome`] whose [`Termination`] says why it ended, whatever the guest did.
+//! - Output is kept up to [`Limits::output_bytes`] per stream, and truncation is reported.
+//! - [`ExecOutcome::enforced`] lists the protections that actually held for the run:
+//!   best-effort isolation is never reported as the real thing.
+//! - [`Limits`] fields left `None` mean the backend's default, never unlimited.
+//! - Dropping the `execute` future stops the run.
+//!
+//! See `docs/backends/sandbox.md` for each backend's mechanisms and the escape suite.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
