@@ -328,6 +328,91 @@ async fn dead_worker_jobs_are_redelivered() {
     assert_eq!(admin.stats(&q).await.unwrap(), QueueStats::default());
 }
 
+/// The lease paths the conformance suite (leases shorter than the 30 s `ack_wait`) does not
+/// take: a lease equal to `ack_wait` (no Nak; heartbeats are `AckKind::Progress`) and a lease
+/// longer than `ack_wait` (a confirmed delayed Nak). Another worker must not get the job
+/// while the lease holds, and must get it once it ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_equal_to_and_longer_than_ack_wait() {
+    let Some(url) = nats_url("leases_equal_to_and_longer_than_ack_wait") else {
+        return;
+    };
+    let ack_wait = Duration::from_secs(1);
+    let owner = TestQueue::connect(url.clone(), |c| c.ack_wait = ack_wait).await;
+    let mut config = NatsQueueConfig::new(url).prefix("agqtest");
+    config.ack_wait = ack_wait;
+    let other = NatsQueue::connect_with(config).await.unwrap();
+    let q = unique("lease-paths");
+    owner
+        .enqueue(&q, NewJob::new(b"beats".to_vec()))
+        .await
+        .unwrap();
+
+    // Lease = ack_wait, kept for 2.5 s by Progress heartbeats.
+    let d = owner
+        .dequeue(&q, 1, ack_wait, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(d.len(), 1);
+    let mut lease = d[0].lease.clone();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lease = owner.extend_lease(&lease, ack_wait).await.unwrap();
+        let stolen = other
+            .dequeue(&q, 1, ack_wait, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(
+            stolen.is_empty(),
+            "redelivered while heartbeats kept the lease"
+        );
+    }
+    owner.ack(&lease).await.unwrap();
+
+    // Lease = 2.5 × ack_wait, no heartbeat: held past ack_wait, redelivered after the lease.
+    owner
+        .enqueue(&q, NewJob::new(b"long".to_vec()))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let d = owner
+        .dequeue(&q, 1, Duration::from_millis(2500), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(d.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        other
+            .dequeue(&q, 1, ack_wait, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "redelivered after ack_wait, inside a longer lease"
+    );
+    let mut again = Vec::new();
+    while again.is_empty() && start.elapsed() < Duration::from_secs(6) {
+        again = other
+            .dequeue(&q, 1, ack_wait, Duration::from_millis(500))
+            .await
+            .unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(again.len(), 1, "redelivered once the long lease ran out");
+    assert!(
+        elapsed >= Duration::from_millis(2500),
+        "redelivered after {elapsed:?}"
+    );
+    assert_eq!(again[0].attempt, 2);
+    let late = owner.ack(&d[0].lease).await;
+    assert!(
+        matches!(late, Err(QueueError::LeaseLost { .. })),
+        "{late:?}"
+    );
+    other.ack(&again[0].lease).await.unwrap();
+    assert_eq!(owner.stats(&q).await.unwrap(), QueueStats::default());
+}
+
 /// Messages whose headers do not decode (an id that cannot be one, a non-numeric attempt
 /// limit, headers that are not JSON) are dead-lettered with the reason instead of blocking
 /// the queue or being dropped; a job a worker cannot use is dead-lettered with the worker's
