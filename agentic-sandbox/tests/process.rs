@@ -268,3 +268,35 @@ async fn unknown_commands_and_other_programs_are_refused() {
     let caps = sandbox.capabilities();
     assert!(caps.native && !caps.wasm);
 }
+
+#[tokio::test]
+async fn keeping_root_is_reported_as_such() {
+    if !is_root() {
+        return println!("SKIPPED keeping_root_is_reported_as_such: the tests do not run as root");
+    }
+    let mut config = ProcessSandboxConfig::default();
+    config.run_as = None;
+    let outcome = ProcessSandbox::new(config)
+        .unwrap()
+        .execute(ExecRequest::command("id").arg("-u").limits(limits()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.stdout_text(), "0\n");
+    // Root ignores RLIMIT_NPROC, and nothing was dropped: neither may be claimed.
+    assert!(
+        !outcome
+            .enforced
+            .iter()
+            .any(|p| p == "rlimit_nproc" || p.starts_with("uid:"))
+    );
+
+    let outcome = sandbox()
+        .execute(ExecRequest::command("id").arg("-u").limits(limits()))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.stdout_text(),
+        "65534\n",
+        "the default drops to nobody"
+    );
+}
