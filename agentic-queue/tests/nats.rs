@@ -156,9 +156,8 @@ fn rand_u64() -> u64 {
 /// `workers` workers, each on its own connection (as separate processes would be), share
 /// one queue of `jobs` jobs. No job is ever held by two workers at once (leases are long
 /// enough never to expire), and every job is acked exactly once.
-async fn workers_share_no_job(workers: usize, jobs: usize) {
-    let test = format!("{workers}_workers_share_no_job");
-    let Some(url) = nats_url(&test) else {
+async fn workers_share_no_job(test: &str, workers: usize, jobs: usize) {
+    let Some(url) = nats_url(test) else {
         return;
     };
     let admin = TestQueue::connect(url.clone(), |_| {}).await;
@@ -230,12 +229,12 @@ fn fastrand_ms() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_no_job() {
-    workers_share_no_job(2, 500).await;
+    workers_share_no_job("two_workers_share_no_job", 2, 500).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_workers_share_no_job() {
-    workers_share_no_job(4, 1000).await;
+    workers_share_no_job("four_workers_share_no_job", 4, 1000).await;
 }
 
 /// A worker that dies holding jobs (its connection closes without acks) loses nothing:
