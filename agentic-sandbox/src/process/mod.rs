@@ -393,12 +393,15 @@ impl Inner {
         ];
 
         let ended = tokio::select! {
+            // In this order when several are ready at once: an overflow we are about to act
+            // on wins over the exit it may cause.
+            biased;
+            () = overflow.notified() => Ended::OutputLimit,
             status = child.wait() => match status {
                 Ok(status) => Ended::Exited(status),
                 Err(e) => return Err(setup("cannot wait for the guest", e)),
             },
             () = tokio::time::sleep(limits.wall_time) => Ended::TimedOut,
-            () = overflow.notified() => Ended::OutputLimit,
         };
         // Whatever ended the run, nothing of it may outlive it: kill the whole group (the
         // program's background children included), then reap the program.
@@ -654,15 +657,18 @@ fn spawn_reader(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 16 * 1024];
+        let mut notified = false;
         loop {
             match pipe.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if !capture.push(&buf[..n]) {
+                    if !capture.push(&buf[..n]) && !notified {
                         // `notify_one` stores a permit, so the run sees it even if it is not
-                        // waiting yet.
+                        // waiting yet. Keep reading (and discarding) until the group is
+                        // killed: closing the pipe now would kill the guest with SIGPIPE
+                        // first, and the outcome would blame a signal, not the output.
                         overflow.notify_one();
-                        break;
+                        notified = true;
                     }
                 }
             }
