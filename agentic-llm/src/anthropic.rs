@@ -220,8 +220,11 @@ impl LlmProvider for AnthropicProvider {
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let body = self.body(&request, false)?;
-        let bytes = self.endpoint.post_for_bytes(body).await?;
-        parse_response(&bytes, structured_tool(&request), &self.endpoint.provider)
+        let structured = structured_tool(&request);
+        let provider = &self.endpoint.provider;
+        self.endpoint
+            .post_and_parse(body, |bytes| parse_response(bytes, structured, provider))
+            .await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {

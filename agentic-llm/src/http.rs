@@ -57,7 +57,6 @@ pub(crate) struct Endpoint {
     pub(crate) provider: String,
     pub(crate) client: reqwest::Client,
     pub(crate) url: String,
-    pub(crate) headers: HeaderMap,
     pub(crate) timeout: Duration,
     pub(crate) read_timeout: Duration,
 }
@@ -72,14 +71,6 @@ impl Endpoint {
         secret_headers: &[(&str, String)],
         plain_headers: &[(&str, &str)],
     ) -> Result<Self, LlmError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(options.read_timeout)
-            .user_agent(concat!("agentic-llm/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                LlmError::Config(format!("{provider}: cannot build the HTTP client: {e}"))
-            })?;
         let mut headers = HeaderMap::new();
         headers.insert(
             reqwest::header::CONTENT_TYPE,
@@ -94,11 +85,20 @@ impl Endpoint {
         for (name, value) in secret_headers {
             insert(&mut headers, provider, name, value, true)?;
         }
+        // The fixed headers are the client's defaults rather than copied into every request.
+        let client = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout)
+            .user_agent(concat!("agentic-llm/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
+            .build()
+            .map_err(|e| {
+                LlmError::Config(format!("{provider}: cannot build the HTTP client: {e}"))
+            })?;
         Ok(Endpoint {
             provider: provider.to_owned(),
             client,
             url,
-            headers,
             timeout: options.timeout,
             read_timeout: options.read_timeout,
         })
@@ -111,11 +111,7 @@ impl Endpoint {
         body: Vec<u8>,
         whole_call: bool,
     ) -> Result<reqwest::Response, LlmError> {
-        let mut request = self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .body(body);
+        let mut request = self.client.post(&self.url).body(body);
         if whole_call {
             request = request.timeout(self.timeout);
         }
@@ -144,14 +140,19 @@ impl Endpoint {
         ))
     }
 
-    /// POSTs `body` and reads the whole JSON answer.
-    pub(crate) async fn post_for_bytes(&self, body: Vec<u8>) -> Result<Vec<u8>, LlmError> {
+    /// POSTs `body`, reads the whole answer and parses it with `parse` (on reqwest's buffer,
+    /// without a copy).
+    pub(crate) async fn post_and_parse<T>(
+        &self,
+        body: Vec<u8>,
+        parse: impl FnOnce(&[u8]) -> Result<T, LlmError>,
+    ) -> Result<T, LlmError> {
         let response = self.post(body, true).await?;
         let bytes = response
             .bytes()
             .await
             .map_err(|e| self.transport_error(e, true))?;
-        Ok(bytes.to_vec())
+        parse(&bytes)
     }
 
     /// A transport failure as a typed error, without the URL (it could carry a key in a

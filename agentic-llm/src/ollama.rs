@@ -248,8 +248,10 @@ impl LlmProvider for OllamaProvider {
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let body = self.body(&request, false)?;
-        let bytes = self.endpoint.post_for_bytes(body).await?;
-        parse_response(&bytes, &self.endpoint.provider)
+        let provider = &self.endpoint.provider;
+        self.endpoint
+            .post_and_parse(body, |bytes| parse_response(bytes, provider))
+            .await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {

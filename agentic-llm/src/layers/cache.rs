@@ -188,21 +188,91 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
 }
 
 /// The stable cache key of `request` sent to `provider`: FNV-1a (128 bits) over the
-/// provider's name and the request's JSON with sorted keys and without `metadata`.
+/// provider's name and the request's JSON without `metadata`, with object keys in sorted
+/// order.
+///
+/// serde_json keeps object keys sorted unless some crate in the build turns on its
+/// `preserve_order` feature; then the request goes through a `Value` and is hashed with
+/// its keys sorted explicitly (slower, and a different but equally stable key). Keys are
+/// stable across runs and machines of the same build.
 pub fn request_key(provider: &str, request: &ChatRequest) -> u128 {
     let mut hasher = Fnv128::new();
     hasher.write(provider.as_bytes());
     hasher.write(&[0]);
-    match serde_json::to_value(request) {
-        Ok(Value::Object(mut fields)) => {
-            fields.remove("metadata");
-            hash_value(&mut hasher, &Value::Object(fields));
+    let view = KeyView::of(request);
+    if maps_are_sorted() {
+        // Straight into the hasher: no tree, no buffer.
+        if let Err(e) = serde_json::to_writer(&mut hasher, &view) {
+            hasher.write(e.to_string().as_bytes());
         }
-        // A request always serializes to an object; anything else still gets a key.
-        Ok(other) => hash_value(&mut hasher, &other),
-        Err(e) => hasher.write(e.to_string().as_bytes()),
+    } else {
+        match serde_json::to_value(&view) {
+            Ok(value) => hash_value(&mut hasher, &value),
+            Err(e) => hasher.write(e.to_string().as_bytes()),
+        }
     }
     hasher.finish()
+}
+
+/// The request without its metadata. Built by an exhaustive destructuring, so a new field of
+/// [`ChatRequest`] does not compile until it is decided whether it belongs in the key.
+#[derive(serde::Serialize)]
+struct KeyView<'a> {
+    model: &'a Option<String>,
+    system: &'a [crate::ContentBlock],
+    messages: &'a [crate::Message],
+    tools: &'a [crate::ToolDefinition],
+    tool_choice: &'a Option<crate::ToolChoice>,
+    max_tokens: u32,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    stop_sequences: &'a [String],
+    response_format: &'a Option<crate::ResponseFormat>,
+    thinking: &'a Option<crate::ThinkingConfig>,
+}
+
+impl<'a> KeyView<'a> {
+    fn of(request: &'a ChatRequest) -> Self {
+        let ChatRequest {
+            model,
+            system,
+            messages,
+            tools,
+            tool_choice,
+            max_tokens,
+            temperature,
+            top_p,
+            stop_sequences,
+            response_format,
+            thinking,
+            // Routing and accounting hints do not change the answer.
+            metadata: _,
+        } = request;
+        KeyView {
+            model,
+            system,
+            messages,
+            tools,
+            tool_choice,
+            max_tokens: *max_tokens,
+            temperature: *temperature,
+            top_p: *top_p,
+            stop_sequences,
+            response_format,
+            thinking,
+        }
+    }
+}
+
+/// Whether `serde_json::Map` iterates in key order (it does unless `preserve_order` is on).
+fn maps_are_sorted() -> bool {
+    static SORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SORTED.get_or_init(|| {
+        let mut map = serde_json::Map::new();
+        map.insert("b".to_owned(), Value::Null);
+        map.insert("a".to_owned(), Value::Null);
+        map.keys().next().map(String::as_str) == Some("a")
+    })
 }
 
 /// FNV-1a, 128-bit: tiny, stable across processes and Rust versions (unlike std's
@@ -232,6 +302,17 @@ impl Fnv128 {
 
     fn finish(&self) -> u128 {
         self.0
+    }
+}
+
+impl std::io::Write for Fnv128 {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        Fnv128::write(self, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -25,7 +25,8 @@ pub struct BreakerConfig {
     /// ... and the window holds at least this many calls (default 5), so that one failure
     /// out of one call does not open it.
     pub minimum_calls: usize,
-    /// How far back outcomes count (default 30 s).
+    /// How far back outcomes count (default 30 s; kept in tenths of it, so outcomes age out
+    /// to within a tenth of the window).
     pub window: Duration,
     /// How long the circuit stays open before probing (default 30 s).
     pub cool_down: Duration,
@@ -63,11 +64,60 @@ enum Mode {
     HalfOpen { probes: usize },
 }
 
+/// Outcomes of the calls that started in one tenth of the window.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    start: Instant,
+    calls: usize,
+    failures: usize,
+}
+
+/// Outcomes of recent calls while closed, in slots of a tenth of the window, oldest first,
+/// with running totals: recording is O(1) and the memory is bounded whatever the call
+/// rate (a list of every outcome grew with it, and counting it cost a scan per call).
+#[derive(Debug, Default)]
+struct Window {
+    slots: VecDeque<Slot>,
+    calls: usize,
+    failures: usize,
+}
+
+impl Window {
+    fn record(&mut self, now: Instant, failed: bool, window: Duration) {
+        let slot_length = (window / 10).max(Duration::from_millis(1));
+        while let Some(oldest) = self.slots.front() {
+            if now.duration_since(oldest.start) < window {
+                break;
+            }
+            self.calls -= oldest.calls;
+            self.failures -= oldest.failures;
+            self.slots.pop_front();
+        }
+        let failures = usize::from(failed);
+        match self.slots.back_mut() {
+            Some(slot) if now.duration_since(slot.start) < slot_length => {
+                slot.calls += 1;
+                slot.failures += failures;
+            }
+            _ => self.slots.push_back(Slot {
+                start: now,
+                calls: 1,
+                failures,
+            }),
+        }
+        self.calls += 1;
+        self.failures += failures;
+    }
+
+    fn clear(&mut self) {
+        *self = Window::default();
+    }
+}
+
 #[derive(Debug)]
 struct Breaker {
     mode: Mode,
-    /// `(when, failed)` of recent calls while closed, oldest first.
-    outcomes: VecDeque<(Instant, bool)>,
+    outcomes: Window,
 }
 
 /// What a call was admitted as.
@@ -103,7 +153,7 @@ impl<P: LlmProvider> CircuitBreaker<P> {
             config,
             state: Arc::new(Mutex::new(Breaker {
                 mode: Mode::Closed,
-                outcomes: VecDeque::new(),
+                outcomes: Window::default(),
             })),
         }
     }
@@ -187,18 +237,10 @@ fn record(state: &Mutex<Breaker>, config: &BreakerConfig, ticket: Ticket, failed
     if !matches!(breaker.mode, Mode::Closed) {
         return;
     }
-    breaker.outcomes.push_back((now, failed));
-    while breaker
-        .outcomes
-        .front()
-        .is_some_and(|(at, _)| now.duration_since(*at) > config.window)
-    {
-        breaker.outcomes.pop_front();
-    }
-    let calls = breaker.outcomes.len();
-    let failures = breaker.outcomes.iter().filter(|(_, f)| *f).count();
+    breaker.outcomes.record(now, failed, config.window);
+    let calls = breaker.outcomes.calls;
     #[allow(clippy::cast_precision_loss)]
-    let rate = failures as f64 / calls.max(1) as f64;
+    let rate = breaker.outcomes.failures as f64 / calls.max(1) as f64;
     if failed && calls >= config.minimum_calls && rate >= config.failure_rate {
         breaker.mode = Mode::Open {
             until: now + config.cool_down,

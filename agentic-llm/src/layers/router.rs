@@ -146,9 +146,18 @@ impl Router {
         T: Send,
     {
         let routes = self.routes_for(&request)?;
+        let count = routes.len();
         let mut last = None;
-        for route in routes {
-            let mut attempt = request.clone();
+        let mut request = Some(request);
+        for (i, route) in routes.into_iter().enumerate() {
+            // The last route may have the request itself; the others get a copy, since a
+            // fallback needs the original.
+            let mut attempt = if i + 1 == count {
+                request.take()
+            } else {
+                request.clone()
+            }
+            .ok_or_else(|| LlmError::NoProvider(self.name.clone()))?;
             if let Some(model) = &route.model {
                 attempt.model = Some(model.clone());
             }
