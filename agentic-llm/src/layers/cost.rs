@@ -128,16 +128,9 @@ impl PriceTable {
         if let Some(price) = self.prices.get(model) {
             return Some(*price);
         }
-        // The longest listed name that `model` extends with a snapshot suffix.
-        self.prices
-            .iter()
-            .filter(|(name, _)| {
-                model
-                    .strip_prefix(name.as_str())
-                    .is_some_and(is_snapshot_suffix)
-            })
-            .max_by_key(|(name, _)| name.len())
-            .map(|(_, price)| *price)
+        // The listed name is what remains once the snapshot suffix is cut: two lookups, no
+        // scan of the table.
+        snapshot_base(model).and_then(|base| self.prices.get(base).copied())
     }
 
     /// The dearest model (highest output price): the conservative guess for a model the
@@ -155,20 +148,21 @@ impl PriceTable {
     }
 }
 
-/// `-20250929`, `-2024-07-18` or `-latest`.
-fn is_snapshot_suffix(rest: &str) -> bool {
-    let Some(rest) = rest.strip_prefix('-') else {
-        return false;
-    };
+/// `model` without its snapshot suffix (`-20250929`, `-2024-07-18` or `-latest`), if it has
+/// one.
+fn snapshot_base(model: &str) -> Option<&str> {
     let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-    if rest == "latest" || digits(rest, 8) {
-        return true;
+    if let Some(base) = model.strip_suffix("-latest") {
+        return Some(base);
     }
-    let mut parts = rest.split('-');
-    matches!(
-        (parts.next(), parts.next(), parts.next(), parts.next()),
-        (Some(y), Some(m), Some(d), None) if digits(y, 4) && digits(m, 2) && digits(d, 2)
-    )
+    let (base, last) = model.rsplit_once('-')?;
+    if digits(last, 8) {
+        return Some(base);
+    }
+    // `-YYYY-MM-DD`: the last three dash-separated parts.
+    let (rest, month) = base.rsplit_once('-')?;
+    let (base, year) = rest.rsplit_once('-')?;
+    (digits(year, 4) && digits(month, 2) && digits(last, 2)).then_some(base)
 }
 
 /// What a [`CostMeter`] does with a model its table does not know.
@@ -206,8 +200,14 @@ struct Account {
 #[derive(Debug, Clone, Default)]
 pub struct Budgets {
     // A std `Mutex`: reservations and settlements are a few additions, never across an
-    // `.await`.
-    accounts: Arc<Mutex<HashMap<(String, String), Account>>>,
+    // `.await`. Keyed tag name, then tag value, so lookups by `&str` allocate nothing.
+    accounts: Arc<Mutex<Accounts>>,
+}
+
+type Accounts = HashMap<String, HashMap<String, Account>>;
+
+fn account<'a>(accounts: &'a mut Accounts, key: &str, value: &str) -> Option<&'a mut Account> {
+    accounts.get_mut(key)?.get_mut(value)
 }
 
 impl Budgets {
@@ -218,60 +218,55 @@ impl Budgets {
 
     /// Sets the limit of tag `key = value` to `limit_usd` (what was spent is kept).
     pub fn set(&self, key: &str, value: &str, limit_usd: f64) {
-        let mut accounts = self.lock();
-        accounts
-            .entry((key.to_owned(), value.to_owned()))
+        self.lock()
+            .entry(key.to_owned())
+            .or_default()
+            .entry(value.to_owned())
             .or_default()
             .limit = limit_usd;
     }
 
     /// What tag `key = value` spent so far (0 without a budget).
     pub fn spent(&self, key: &str, value: &str) -> f64 {
-        self.lock()
-            .get(&(key.to_owned(), value.to_owned()))
-            .map_or(0.0, |a| a.spent)
+        account(&mut self.lock(), key, value).map_or(0.0, |a| a.spent)
     }
 
     /// What is left of the budget of tag `key = value` (calls in flight not counted), or
     /// `None` when it has none.
     pub fn remaining(&self, key: &str, value: &str) -> Option<f64> {
-        self.lock()
-            .get(&(key.to_owned(), value.to_owned()))
-            .map(|a| a.limit - a.spent)
+        account(&mut self.lock(), key, value).map(|a| a.limit - a.spent)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Account>> {
+    fn lock(&self) -> MutexGuard<'_, Accounts> {
         self.accounts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The budgets a request draws from.
     fn applicable(&self, tags: &BTreeMap<String, String>) -> Vec<(String, String)> {
-        let accounts = self.lock();
+        let mut accounts = self.lock();
         tags.iter()
+            .filter(|(k, v)| account(&mut accounts, k, v).is_some())
             .map(|(k, v)| (k.clone(), v.clone()))
-            .filter(|key| accounts.contains_key(key))
             .collect()
     }
 
     /// Reserves `worst` on every budget in `keys`, or none if one has too little left.
     fn reserve(&self, keys: &[(String, String)], worst: f64) -> Result<(), String> {
         let mut accounts = self.lock();
-        for key in keys {
-            if let Some(account) = accounts.get(key) {
+        for (key, value) in keys {
+            if let Some(account) = account(&mut accounts, key, value) {
                 let left = account.limit - account.spent - account.reserved;
                 if worst > left {
                     return Err(format!(
-                        "{}={}: this call may cost up to ${worst:.6}, but only ${:.6} of ${:.6} is left",
-                        key.0,
-                        key.1,
+                        "{key}={value}: this call may cost up to ${worst:.6}, but only ${:.6} of ${:.6} is left",
                         left.max(0.0),
                         account.limit
                     ));
                 }
             }
         }
-        for key in keys {
-            if let Some(account) = accounts.get_mut(key) {
+        for (key, value) in keys {
+            if let Some(account) = account(&mut accounts, key, value) {
                 account.reserved += worst;
             }
         }
@@ -281,8 +276,8 @@ impl Budgets {
     /// Replaces a reservation by what the call cost.
     fn settle(&self, keys: &[(String, String)], reserved: f64, cost: f64) {
         let mut accounts = self.lock();
-        for key in keys {
-            if let Some(account) = accounts.get_mut(key) {
+        for (key, value) in keys {
+            if let Some(account) = account(&mut accounts, key, value) {
                 account.reserved = (account.reserved - reserved).max(0.0);
                 account.spent += cost;
             }
