@@ -29,7 +29,8 @@ use agentic_core::llm::layers::{
     Router,
 };
 use agentic_core::llm::sse::SseParser;
-use agentic_core::llm::{ChatRequest, LlmProvider};
+use agentic_core::llm::anthropic::parse_response;
+use agentic_core::llm::{ChatRequest, ChatResponse, LlmError, LlmProvider, ProviderCapabilities};
 use criterion::{Criterion, Throughput};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -85,12 +86,52 @@ fn request(n: u64) -> ChatRequest {
     .tag("goal", "bench")
 }
 
+/// A provider that answers at once with a parsed copy of [`ANSWER`]: the layers over it
+/// cost only CPU, which isolates what they add from the network.
+struct Fixed(ChatResponse);
+
+#[async_trait::async_trait]
+impl LlmProvider for Fixed {
+    fn name(&self) -> &str {
+        "anthropic"
+    }
+    fn capabilities(&self) -> ProviderCapabilities {
+        ProviderCapabilities::all_remote()
+    }
+    async fn complete(&self, _request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The layer stack of the benchmark over `provider`.
+fn stack(provider: impl LlmProvider + 'static) -> Box<dyn LlmProvider> {
+    let budgets = Budgets::new();
+    budgets.set("goal", "bench", 1e12);
+    Box::new(
+        Router::new()
+            .route(Route::new(
+                provider
+                    .with_rate_limit(RateLimit::per_minute(u32::MAX, u64::MAX))
+                    .with_circuit_breaker(BreakerConfig::default())
+                    .with_retry(RetryPolicy::default()),
+            ))
+            .with_cost_meter(PriceTable::builtin())
+            .with_budgets(budgets)
+            .with_cache(CacheConfig {
+                ttl: Duration::from_secs(600),
+                max_entries: 10_000,
+            }),
+    )
+}
+
 struct Calls {
     runtime: tokio::runtime::Runtime,
     bare: reqwest::Client,
     url: String,
     bare_body: Vec<u8>,
+    provider: AnthropicProvider,
     stack: Box<dyn LlmProvider>,
+    cpu_stack: Box<dyn LlmProvider>,
     counter: AtomicU64,
 }
 
@@ -105,28 +146,15 @@ impl Calls {
         let base = format!("http://{addr}");
         let provider =
             || AnthropicProvider::new(AnthropicConfig::new(KEY).base_url(base.clone())).unwrap();
-        let budgets = Budgets::new();
-        budgets.set("goal", "bench", 1e12);
-        let stack = Router::new()
-            .route(Route::new(
-                provider()
-                    .with_rate_limit(RateLimit::per_minute(u32::MAX, u64::MAX))
-                    .with_circuit_breaker(BreakerConfig::default())
-                    .with_retry(RetryPolicy::default()),
-            ))
-            .with_cost_meter(PriceTable::builtin())
-            .with_budgets(budgets)
-            .with_cache(CacheConfig {
-                ttl: Duration::from_secs(600),
-                max_entries: 10_000,
-            });
         Calls {
             runtime,
             bare: reqwest::Client::new(),
             url: format!("{base}/v1/messages"),
             bare_body: serde_json::to_vec(&provider().request_body(&request(0), false).unwrap())
                 .unwrap(),
-            stack: Box::new(stack),
+            stack: stack(provider()),
+            cpu_stack: stack(Fixed(parse_response(ANSWER.as_bytes(), None, "anthropic").unwrap())),
+            provider: provider(),
             counter: AtomicU64::new(0),
         }
     }
@@ -155,6 +183,13 @@ impl Calls {
         });
     }
 
+    /// The provider alone, no layers.
+    fn provider_only(&self, n: u64) {
+        self.runtime.block_on(async {
+            black_box(self.provider.complete(request(n)).await.unwrap());
+        });
+    }
+
     fn stacked(&self, n: u64) {
         self.runtime.block_on(async {
             let answer = self.stack.complete(request(n)).await.unwrap();
@@ -169,13 +204,15 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-/// Bare and stacked calls alternating; prints medians and the overhead.
+/// Bare, provider-only and stacked calls in rotation; prints medians and the overheads.
 fn interleaved(calls: &Calls, rounds: usize) {
     for _ in 0..200 {
         calls.bare();
+        calls.provider_only(calls.next());
         calls.stacked(calls.next());
     }
     let mut bare = Vec::with_capacity(rounds);
+    let mut provider = Vec::with_capacity(rounds);
     let mut stacked = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let started = Instant::now();
@@ -183,23 +220,44 @@ fn interleaved(calls: &Calls, rounds: usize) {
         bare.push(started.elapsed());
         let n = calls.next();
         let started = Instant::now();
+        calls.provider_only(n);
+        provider.push(started.elapsed());
+        let n = calls.next();
+        let started = Instant::now();
         calls.stacked(n);
         stacked.push(started.elapsed());
     }
-    let (bare, stacked) = (median(bare), median(stacked));
-    let overhead = (stacked.as_secs_f64() / bare.as_secs_f64() - 1.0) * 100.0;
+    let (bare, provider, stacked) = (median(bare), median(provider), median(stacked));
+    let over = |x: Duration| (x.as_secs_f64() / bare.as_secs_f64() - 1.0) * 100.0;
     println!(
-        "llm interleaved ({rounds} rounds): bare reqwest POST median {:.1} µs, full layer stack median {:.1} µs, overhead {overhead:+.1} %",
+        "llm interleaved ({rounds} rounds), medians: bare reqwest POST {:.1} µs; provider alone {:.1} µs ({:+.1} %); full layer stack {:.1} µs ({:+.1} %)",
         bare.as_secs_f64() * 1e6,
+        provider.as_secs_f64() * 1e6,
+        over(provider),
         stacked.as_secs_f64() * 1e6,
+        over(stacked),
     );
 }
 
 fn bench_calls(c: &mut Criterion, calls: &Calls) {
     let mut group = c.benchmark_group("llm_call");
     group.bench_function("bare_reqwest_post", |b| b.iter(|| calls.bare()));
+    group.bench_function("provider_alone", |b| {
+        b.iter(|| calls.provider_only(calls.next()))
+    });
     group.bench_function("full_layer_stack", |b| {
         b.iter(|| calls.stacked(calls.next()))
+    });
+    group.finish();
+    // The layers' own CPU per call: the same stack over a provider that answers at once.
+    let mut group = c.benchmark_group("llm_layers_cpu");
+    group.bench_function("full_layer_stack_no_io", |b| {
+        b.iter(|| {
+            let n = calls.next();
+            calls
+                .runtime
+                .block_on(async { black_box(calls.cpu_stack.complete(request(n)).await.unwrap()) })
+        })
     });
     group.finish();
 }
