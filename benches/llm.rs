@@ -23,13 +23,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use agentic_core::llm::anthropic::parse_response;
 use agentic_core::llm::anthropic::{AnthropicConfig, AnthropicProvider, StreamDecoder};
 use agentic_core::llm::layers::{
     BreakerConfig, Budgets, CacheConfig, LayerExt, PriceTable, RateLimit, RetryPolicy, Route,
     Router,
 };
 use agentic_core::llm::sse::SseParser;
-use agentic_core::llm::anthropic::parse_response;
 use agentic_core::llm::{ChatRequest, ChatResponse, LlmError, LlmProvider, ProviderCapabilities};
 use criterion::{Criterion, Throughput};
 use http_body_util::Full;
@@ -153,7 +153,9 @@ impl Calls {
             bare_body: serde_json::to_vec(&provider().request_body(&request(0), false).unwrap())
                 .unwrap(),
             stack: stack(provider()),
-            cpu_stack: stack(Fixed(parse_response(ANSWER.as_bytes(), None, "anthropic").unwrap())),
+            cpu_stack: stack(Fixed(
+                parse_response(ANSWER.as_bytes(), None, "anthropic").unwrap(),
+            )),
             provider: provider(),
             counter: AtomicU64::new(0),
         }
