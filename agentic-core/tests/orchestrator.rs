@@ -177,6 +177,15 @@ where
     }
 }
 
+/// Waits until `task` of `goal` is in `state`, as the orchestrator reports it.
+async fn task_reaches(orchestrator: &Orchestrator, goal: &GoalId, task: &str, state: TaskState) {
+    let what = format!("{task} to be {state:?}");
+    eventually(&what, || async {
+        orchestrator.status(goal).await.unwrap().tasks[&TaskId::from(task)] == state
+    })
+    .await;
+}
+
 fn setup() -> (Parts, Recorder) {
     let rec = Recorder::default();
     let parts = Parts::in_memory().with_sink(rec.clone());
@@ -413,11 +422,7 @@ async fn approval_approve_runs_the_task() {
         .build()
         .unwrap();
     let goal = orchestrator.submit(plan).await.unwrap();
-    eventually("deploy to await approval", || async {
-        orchestrator.status(&goal).await.unwrap().tasks[&TaskId::from("deploy")]
-            == TaskState::AwaitingApproval
-    })
-    .await;
+    task_reaches(&orchestrator, &goal, "deploy", TaskState::AwaitingApproval).await;
     assert_eq!(
         rec.count("deploy", |k| matches!(
             k,
@@ -463,11 +468,7 @@ async fn approval_reject_fails_the_task() {
         .build()
         .unwrap();
     let goal = orchestrator.submit(plan).await.unwrap();
-    eventually("deploy to await approval", || async {
-        orchestrator.status(&goal).await.unwrap().tasks[&TaskId::from("deploy")]
-            == TaskState::AwaitingApproval
-    })
-    .await;
+    task_reaches(&orchestrator, &goal, "deploy", TaskState::AwaitingApproval).await;
     orchestrator
         .reject(
             &goal,
@@ -717,11 +718,7 @@ async fn cancel_stops_a_running_goal() {
         .unwrap();
     assert_eq!(result.status, GoalStatus::Cancelled);
     assert_eq!(result.reason.as_deref(), Some("changed my mind"));
-    eventually("the running agent to be cancelled", || async {
-        orchestrator.status(&goal).await.unwrap().tasks[&TaskId::from("slow")]
-            == TaskState::Cancelled
-    })
-    .await;
+    task_reaches(&orchestrator, &goal, "slow", TaskState::Cancelled).await;
     assert_eq!(
         orchestrator.status(&goal).await.unwrap().tasks[&TaskId::from("next")],
         TaskState::Cancelled
