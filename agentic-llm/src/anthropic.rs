@@ -32,10 +32,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::decode::{FrameDecoder, Wire, frame_json};
 use crate::error::ErrorBody;
-use crate::http::{Decode, Endpoint, HttpOptions, event_stream};
+use crate::http::{Endpoint, HttpOptions, encode, encode_value};
 use crate::sse::{SseEvent, SseParser};
-use crate::stream::{BlockStart, StreamEvent, ended_early};
+use crate::stream::{BlockStart, StreamEvent};
 use crate::{
     ApiKey, ChatRequest, ChatResponse, ContentBlock, EventStream, LlmError, LlmProvider,
     ProviderCapabilities, StopReason, ToolChoice, Usage,
@@ -146,7 +147,7 @@ impl std::fmt::Debug for AnthropicProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnthropicProvider")
             .field("name", &self.endpoint.provider)
-            .field("url", &self.endpoint.url)
+            .field("url", &self.endpoint.url())
             .field("default_model", &self.default_model)
             .finish_non_exhaustive()
     }
@@ -169,7 +170,7 @@ impl AnthropicProvider {
         }
         let endpoint = Endpoint::new(
             &config.name,
-            url,
+            &url,
             &config.http,
             &[("x-api-key", key.expose().to_owned())],
             &plain,
@@ -188,23 +189,20 @@ impl AnthropicProvider {
     /// The JSON body this provider sends for `request` (public so that tests and tools can
     /// see exactly what goes on the wire).
     pub fn request_body(&self, request: &ChatRequest, stream: bool) -> Result<Value, LlmError> {
-        let wire = to_wire(
-            request,
-            &self.default_model,
-            stream,
-            &self.endpoint.provider,
-        )?;
-        serde_json::to_value(&wire).map_err(|e| LlmError::Other(format!("encode: {e}")))
+        encode_value(&self.to_wire(request, stream)?)
     }
 
-    fn body(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, LlmError> {
-        let wire = to_wire(
+    fn to_wire<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        stream: bool,
+    ) -> Result<WireRequest<'a>, LlmError> {
+        to_wire(
             request,
             &self.default_model,
             stream,
             &self.endpoint.provider,
-        )?;
-        serde_json::to_vec(&wire).map_err(|e| LlmError::Other(format!("encode: {e}")))
+        )
     }
 }
 
@@ -219,20 +217,19 @@ impl LlmProvider for AnthropicProvider {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = self.body(&request, false)?;
+        let body = encode(&self.to_wire(&request, false)?)?;
         let structured = structured_tool(&request);
         let provider = &self.endpoint.provider;
         self.endpoint
-            .post_and_parse(body, |bytes| parse_response(bytes, structured, provider))
+            .complete(body, |bytes| parse_response(bytes, structured, provider))
             .await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let body = self.body(&request, true)?;
-        let response = self.endpoint.post(body, false).await?;
+        let body = encode(&self.to_wire(&request, true)?)?;
         let mut decoder = StreamDecoder::new(&self.endpoint.provider);
-        decoder.structured = structured_tool(&request);
-        Ok(event_stream(&self.endpoint, response, decoder))
+        decoder.0.wire.structured = structured_tool(&request);
+        self.endpoint.stream(body, decoder.0).await
     }
 }
 
@@ -606,10 +603,12 @@ struct WireMessageDelta {
 /// # Ok::<(), agentic_llm::LlmError>(())
 /// ```
 #[derive(Debug)]
-pub struct StreamDecoder {
+pub struct StreamDecoder(FrameDecoder<Messages>);
+
+/// What the Messages API stream needs remembered between events.
+#[derive(Debug)]
+struct Messages {
     provider: String,
-    sse: SseParser,
-    frames: Vec<SseEvent>,
     /// Usage reported so far: Anthropic's `message_delta` usage is a running total, ours an
     /// increment, so each delta is reported minus what was already counted.
     counted: Usage,
@@ -618,70 +617,46 @@ pub struct StreamDecoder {
     /// The forced tool of an emulated structured output, and its block once it started.
     structured: Option<String>,
     structured_block: Option<usize>,
-    done: bool,
 }
 
 impl StreamDecoder {
     /// A decoder for one answer; `provider` names it in errors.
     pub fn new(provider: &str) -> Self {
-        StreamDecoder {
-            provider: provider.to_owned(),
-            sse: SseParser::new(),
-            frames: Vec::new(),
-            counted: Usage::default(),
-            skipped: Vec::new(),
-            structured: None,
-            structured_block: None,
-            done: false,
-        }
+        StreamDecoder(FrameDecoder::new(
+            SseParser::new(),
+            Messages {
+                provider: provider.to_owned(),
+                counted: Usage::default(),
+                skipped: Vec::new(),
+                structured: None,
+                structured_block: None,
+            },
+        ))
     }
 
     /// Feeds the next bytes; decoded events are appended to `out` (also those before an
     /// error). Bytes after `message_stop` are ignored.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        if self.done {
-            return Ok(());
-        }
-        self.sse.push(chunk, &mut self.frames);
-        self.drain(out, false)
+        self.0.push(chunk, out)
     }
 
     /// The body ended: fails unless `message_stop` was seen.
     pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        if self.done {
-            return Ok(());
-        }
-        self.sse.finish(&mut self.frames);
-        self.drain(out, true)?;
-        if self.done {
-            Ok(())
-        } else {
-            Err(ended_early(&self.provider, "no message_stop event"))
-        }
+        self.0.finish(out)
     }
 
     /// True once `message_stop` was decoded (or an error ended the stream).
     pub fn is_done(&self) -> bool {
-        self.done
+        self.0.is_done()
     }
+}
 
-    fn drain(&mut self, out: &mut Vec<StreamEvent>, at_eof: bool) -> Result<(), LlmError> {
-        let frames = std::mem::take(&mut self.frames);
-        for frame in &frames {
-            if self.done {
-                break;
-            }
-            if let Err(e) = self.frame(frame, out, at_eof) {
-                self.done = true;
-                self.frames = frames;
-                self.frames.clear();
-                return Err(e);
-            }
-        }
-        // Reuse the allocation.
-        self.frames = frames;
-        self.frames.clear();
-        Ok(())
+impl Wire for Messages {
+    type Framing = SseParser;
+    const TERMINAL: &'static str = "message_stop event";
+
+    fn provider(&self) -> &str {
+        &self.provider
     }
 
     fn frame(
@@ -689,21 +664,14 @@ impl StreamDecoder {
         frame: &SseEvent,
         out: &mut Vec<StreamEvent>,
         at_eof: bool,
-    ) -> Result<(), LlmError> {
-        let event: WireEvent = match serde_json::from_str(&frame.data) {
-            Ok(event) => event,
-            // Half an event at the end of the body is a cut connection, not a bad server.
-            Err(_) if at_eof => {
-                return Err(ended_early(&self.provider, "the last event is incomplete"));
-            }
-            Err(e) => {
-                return Err(LlmError::Decode(format!(
-                    "{}: malformed JSON in `{}` event: {e}",
-                    self.provider,
-                    frame.event_type()
-                )));
-            }
-        };
+    ) -> Result<bool, LlmError> {
+        let event: WireEvent = frame_json(
+            frame.data.as_bytes(),
+            &self.provider,
+            at_eof,
+            "event",
+            || format!("in `{}` event", frame.event_type()),
+        )?;
         match event {
             WireEvent::MessageStart { message } => {
                 let usage = message.usage.to_usage();
@@ -755,7 +723,7 @@ impl StreamDecoder {
             },
             WireEvent::ContentBlockDelta { index, delta } => {
                 if self.skipped.contains(&index) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 match delta {
                     WireDelta::TextDelta { text } => {
@@ -819,8 +787,8 @@ impl StreamDecoder {
                 });
             }
             WireEvent::MessageStop => {
-                self.done = true;
                 out.push(StreamEvent::MessageStop);
+                return Ok(true);
             }
             WireEvent::Ping | WireEvent::Unknown => {}
             WireEvent::Error { error } => {
@@ -829,7 +797,7 @@ impl StreamDecoder {
                 return Err(LlmError::from_stream_error(&self.provider, &body));
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -842,17 +810,5 @@ fn increment(total: Option<u64>, counted: &mut u64) -> u64 {
             more
         }
         _ => 0,
-    }
-}
-
-impl Decode for StreamDecoder {
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        StreamDecoder::push(self, chunk, out)
-    }
-    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        StreamDecoder::finish(self, out)
-    }
-    fn is_done(&self) -> bool {
-        StreamDecoder::is_done(self)
     }
 }

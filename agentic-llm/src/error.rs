@@ -42,12 +42,21 @@ pub enum LlmError {
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     /// The connection failed or dropped. Retryable.
+    ///
+    /// `Display` says which provider and what failed; the cause (the transport's error,
+    /// with its own chain down to the OS error) is the [`source`](std::error::Error::source),
+    /// not repeated in the message: walk the chain (or print with `{:#}` in `anyhow`) to see
+    /// why.
     #[error("connection to {provider} failed: {message}")]
     Connection {
         /// Provider name.
         provider: String,
         /// What happened.
         message: String,
+        /// Why, when a lower layer reported it (`None` for a stream that simply ended
+        /// before its terminal event).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// 400: the request is malformed or unsupported. Not retryable.
     #[error("{provider} rejected the request ({status}): {message}")]

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::decode::{FrameDecoder, Wire};
 use crate::error::ErrorBody;
 use crate::stream::StreamEvent;
 use crate::{EventStream, LlmError, retry_hint};
@@ -55,10 +56,12 @@ impl fmt::Debug for HttpOptions {
 /// A provider's HTTP side: a client, the endpoint, and the headers of every request.
 pub(crate) struct Endpoint {
     pub(crate) provider: String,
-    pub(crate) client: reqwest::Client,
-    pub(crate) url: String,
-    pub(crate) timeout: Duration,
-    pub(crate) read_timeout: Duration,
+    client: reqwest::Client,
+    /// Parsed once: reqwest would parse a string URL again on every call.
+    url: reqwest::Url,
+    timeout: Duration,
+    connect_timeout: Duration,
+    read_timeout: Duration,
 }
 
 impl Endpoint {
@@ -66,11 +69,14 @@ impl Endpoint {
     /// marked sensitive so that reqwest and hyper never print them.
     pub(crate) fn new(
         provider: &str,
-        url: String,
+        url: &str,
         options: &HttpOptions,
         secret_headers: &[(&str, String)],
         plain_headers: &[(&str, &str)],
     ) -> Result<Self, LlmError> {
+        // The URL is not quoted in the error: a gateway's URL may carry a key.
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| LlmError::Config(format!("{provider}: invalid base URL: {e}")))?;
         let mut headers = HeaderMap::new();
         headers.insert(
             reqwest::header::CONTENT_TYPE,
@@ -86,9 +92,12 @@ impl Endpoint {
             insert(&mut headers, provider, name, value, true)?;
         }
         // The fixed headers are the client's defaults rather than copied into every request.
+        // No `timeout` or `read_timeout` on the client: a client-wide read timeout also
+        // bounds the wait for the response head, which would cut a non-streamed answer that
+        // takes longer than it to generate (the head only comes when the answer is done),
+        // and it costs two timers per call. The calls set their own bound instead.
         let client = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
-            .read_timeout(options.read_timeout)
             .user_agent(concat!("agentic-llm/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .build()
@@ -100,25 +109,25 @@ impl Endpoint {
             client,
             url,
             timeout: options.timeout,
+            connect_timeout: options.connect_timeout,
             read_timeout: options.read_timeout,
         })
     }
 
-    /// POSTs `body`; a non-2xx answer becomes its typed error. `whole_call` bounds the whole
-    /// exchange (for non-streamed calls); streams rely on the read timeout instead.
-    pub(crate) async fn post(
-        &self,
-        body: Vec<u8>,
-        whole_call: bool,
-    ) -> Result<reqwest::Response, LlmError> {
-        let mut request = self.client.post(&self.url).body(body);
-        if whole_call {
-            request = request.timeout(self.timeout);
-        }
-        let response = request
+    /// The endpoint's URL.
+    pub(crate) fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// POSTs `body`; a non-2xx answer becomes its typed error (its body read whole).
+    async fn post(&self, body: Vec<u8>) -> Result<reqwest::Response, LlmError> {
+        let response = self
+            .client
+            .post(self.url.clone())
+            .body(body)
             .send()
             .await
-            .map_err(|e| self.transport_error(e, whole_call))?;
+            .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -140,44 +149,66 @@ impl Endpoint {
         ))
     }
 
-    /// POSTs `body`, reads the whole answer and parses it with `parse` (on reqwest's buffer,
-    /// without a copy).
-    pub(crate) async fn post_and_parse<T>(
+    /// A non-streamed call: POSTs `body`, reads the whole answer within the call's
+    /// `timeout`, and parses it with `parse` (on reqwest's buffer, without a copy).
+    pub(crate) async fn complete<T>(
         &self,
         body: Vec<u8>,
         parse: impl FnOnce(&[u8]) -> Result<T, LlmError>,
     ) -> Result<T, LlmError> {
-        let response = self.post(body, true).await?;
-        let bytes = response
-            .bytes()
+        let exchange = async {
+            let response = self.post(body).await?;
+            response.bytes().await.map_err(|e| self.transport_error(e))
+        };
+        let bytes = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|e| self.transport_error(e, true))?;
+            .map_err(|_| LlmError::Timeout(self.timeout))??;
         parse(&bytes)
     }
 
+    /// A streamed call: POSTs `body`, waits at most `read_timeout` for the response head,
+    /// and drives the body through `decoder`, each read again bounded by `read_timeout`.
+    pub(crate) async fn stream<W: Wire>(
+        &self,
+        body: Vec<u8>,
+        decoder: FrameDecoder<W>,
+    ) -> Result<EventStream, LlmError> {
+        let response = tokio::time::timeout(self.read_timeout, self.post(body))
+            .await
+            .map_err(|_| LlmError::Timeout(self.read_timeout))??;
+        Ok(drive(
+            Box::pin(response.bytes_stream()),
+            decoder,
+            self.provider.clone(),
+            self.read_timeout,
+        ))
+    }
+
     /// A transport failure as a typed error, without the URL (it could carry a key in a
-    /// query string on some gateways) and with the causes that reqwest keeps as sources.
-    pub(crate) fn transport_error(&self, error: reqwest::Error, whole_call: bool) -> LlmError {
+    /// query string on some gateways). reqwest's error, with its chain of causes, is kept as
+    /// the source.
+    fn transport_error(&self, error: reqwest::Error) -> LlmError {
+        // The client's only timeout is the connect timeout; the calls' own are tokio's.
         if error.is_timeout() {
-            return LlmError::Timeout(if whole_call {
-                self.timeout
-            } else {
-                self.read_timeout
-            });
+            return LlmError::Timeout(self.connect_timeout);
         }
         let error = error.without_url();
-        let mut message = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
         LlmError::Connection {
             provider: self.provider.clone(),
-            message,
+            message: error.to_string(),
+            source: Some(Box::new(error)),
         }
     }
+}
+
+/// Encodes a provider's wire request as the JSON bytes it sends.
+pub(crate) fn encode(wire: &impl serde::Serialize) -> Result<Vec<u8>, LlmError> {
+    serde_json::to_vec(wire).map_err(|e| LlmError::Other(format!("encode: {e}")))
+}
+
+/// A provider's wire request as a JSON value (`request_body`, for tests and tools).
+pub(crate) fn encode_value(wire: &impl serde::Serialize) -> Result<serde_json::Value, LlmError> {
+    serde_json::to_value(wire).map_err(|e| LlmError::Other(format!("encode: {e}")))
 }
 
 fn insert(
@@ -197,19 +228,9 @@ fn insert(
     Ok(())
 }
 
-/// A provider's incremental stream decoder: bytes in, events out.
-pub(crate) trait Decode: Send + 'static {
-    /// Feeds bytes; events decoded before an error are still appended to `out`.
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError>;
-    /// The body ended: flushes, and fails when the terminal event never came.
-    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError>;
-    /// The terminal event was decoded: the rest of the body is not needed.
-    fn is_done(&self) -> bool;
-}
-
-struct BodyState<D, S> {
+struct BodyState<W: Wire, S> {
     body: std::pin::Pin<Box<S>>,
-    decoder: D,
+    decoder: FrameDecoder<W>,
     pending: VecDeque<StreamEvent>,
     error: Option<LlmError>,
     finished: bool,
@@ -217,29 +238,17 @@ struct BodyState<D, S> {
     read_timeout: Duration,
 }
 
-/// Drives the response body through `decoder`, yielding events as they are decoded and
-/// stopping after the terminal event or the first error.
-pub(crate) fn event_stream<D: Decode>(
-    endpoint: &Endpoint,
-    response: reqwest::Response,
-    decoder: D,
-) -> EventStream {
-    drive(
-        Box::pin(response.bytes_stream()),
-        decoder,
-        endpoint.provider.clone(),
-        endpoint.read_timeout,
-    )
-}
-
-fn drive<D, S, B>(
+/// Drives a response body through `decoder`, yielding events as they are decoded and
+/// stopping after the terminal event or the first error. Each read waits at most
+/// `read_timeout`.
+fn drive<W, S, B>(
     body: std::pin::Pin<Box<S>>,
-    decoder: D,
+    decoder: FrameDecoder<W>,
     provider: String,
     read_timeout: Duration,
 ) -> EventStream
 where
-    D: Decode,
+    W: Wire,
     S: futures::Stream<Item = Result<B, reqwest::Error>> + Send + 'static,
     B: AsRef<[u8]>,
 {
@@ -264,7 +273,12 @@ where
             if state.finished {
                 return None;
             }
-            match state.body.next().await {
+            let Ok(next) = tokio::time::timeout(state.read_timeout, state.body.next()).await else {
+                state.finished = true;
+                state.error = Some(LlmError::Timeout(state.read_timeout));
+                continue;
+            };
+            match next {
                 Some(Ok(chunk)) => {
                     let result = state.decoder.push(chunk.as_ref(), &mut decoded);
                     state.pending.extend(decoded.drain(..));
@@ -277,13 +291,11 @@ where
                 }
                 Some(Err(error)) => {
                     state.finished = true;
-                    state.error = Some(if error.is_timeout() {
-                        LlmError::Timeout(state.read_timeout)
-                    } else {
-                        crate::stream::ended_early(
-                            &state.provider,
-                            &format!("the connection failed: {}", error.without_url()),
-                        )
+                    let error = error.without_url();
+                    state.error = Some(LlmError::Connection {
+                        provider: state.provider.clone(),
+                        message: "stream ended early: the connection failed".to_owned(),
+                        source: Some(Box::new(error)),
                     });
                 }
                 None => {

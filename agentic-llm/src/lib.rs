@@ -58,6 +58,8 @@ use futures::stream::BoxStream;
 #[cfg(feature = "anthropic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "anthropic")))]
 pub mod anthropic;
+#[cfg(any(feature = "anthropic", feature = "openai", feature = "ollama"))]
+mod decode;
 mod error;
 #[cfg(any(feature = "anthropic", feature = "openai", feature = "ollama"))]
 mod http;

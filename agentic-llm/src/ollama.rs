@@ -22,10 +22,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::decode::{Blocks, FrameDecoder, Wire, frame_json};
 use crate::error::ErrorBody;
-use crate::http::{Decode, Endpoint, HttpOptions, event_stream};
+use crate::http::{Endpoint, HttpOptions, encode, encode_value};
 use crate::ndjson::NdjsonSplitter;
-use crate::stream::{BlockStart, StreamEvent, ended_early};
+use crate::stream::{BlockStart, StreamEvent};
 use crate::{
     ApiKey, ChatRequest, ChatResponse, ContentBlock, EventStream, ImageSource, LlmError,
     LlmProvider, ProviderCapabilities, Role, StopReason, ToolChoice, Usage,
@@ -149,7 +150,7 @@ impl std::fmt::Debug for OllamaProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OllamaProvider")
             .field("name", &self.endpoint.provider)
-            .field("url", &self.endpoint.url)
+            .field("url", &self.endpoint.url())
             .field("default_model", &self.default_model)
             .field("local", &self.local)
             .finish_non_exhaustive()
@@ -166,7 +167,7 @@ impl OllamaProvider {
             .collect();
         let endpoint = Endpoint::new(
             &config.name,
-            format!("{}/api/chat", config.base_url.trim_end_matches('/')),
+            &format!("{}/api/chat", config.base_url.trim_end_matches('/')),
             &config.http,
             &secret,
             &[],
@@ -181,13 +182,7 @@ impl OllamaProvider {
 
     /// The JSON body this provider sends for `request`.
     pub fn request_body(&self, request: &ChatRequest, stream: bool) -> Result<Value, LlmError> {
-        let wire = self.to_wire(request, stream)?;
-        serde_json::to_value(&wire).map_err(|e| LlmError::Other(format!("encode: {e}")))
-    }
-
-    fn body(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, LlmError> {
-        let wire = self.to_wire(request, stream)?;
-        serde_json::to_vec(&wire).map_err(|e| LlmError::Other(format!("encode: {e}")))
+        encode_value(&self.to_wire(request, stream)?)
     }
 
     fn to_wire<'a>(
@@ -247,21 +242,18 @@ impl LlmProvider for OllamaProvider {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = self.body(&request, false)?;
+        let body = encode(&self.to_wire(&request, false)?)?;
         let provider = &self.endpoint.provider;
         self.endpoint
-            .post_and_parse(body, |bytes| parse_response(bytes, provider))
+            .complete(body, |bytes| parse_response(bytes, provider))
             .await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let body = self.body(&request, true)?;
-        let response = self.endpoint.post(body, false).await?;
-        Ok(event_stream(
-            &self.endpoint,
-            response,
-            StreamDecoder::new(&self.endpoint.provider),
-        ))
+        let body = encode(&self.to_wire(&request, true)?)?;
+        self.endpoint
+            .stream(body, StreamDecoder::new(&self.endpoint.provider).0)
+            .await
     }
 }
 
@@ -583,104 +575,68 @@ pub fn parse_response(body: &[u8], provider: &str) -> Result<ChatResponse, LlmEr
 /// server error when untyped, since the HTTP status was already 200); a body that ends before
 /// `done: true` is a retryable "stream ended early" error.
 #[derive(Debug)]
-pub struct StreamDecoder {
+pub struct StreamDecoder(FrameDecoder<Lines>);
+
+/// What the NDJSON stream needs remembered between lines.
+#[derive(Debug)]
+struct Lines {
     provider: String,
-    splitter: NdjsonSplitter,
-    lines: Vec<Vec<u8>>,
     started: bool,
-    next_index: usize,
+    blocks: Blocks,
     text: Option<usize>,
     thinking: Option<usize>,
     called_tools: bool,
-    done: bool,
 }
 
 impl StreamDecoder {
     /// A decoder for one answer; `provider` names it in errors.
     pub fn new(provider: &str) -> Self {
-        StreamDecoder {
-            provider: provider.to_owned(),
-            splitter: NdjsonSplitter::new(),
-            lines: Vec::new(),
-            started: false,
-            next_index: 0,
-            text: None,
-            thinking: None,
-            called_tools: false,
-            done: false,
-        }
+        StreamDecoder(FrameDecoder::new(
+            NdjsonSplitter::new(),
+            Lines {
+                provider: provider.to_owned(),
+                started: false,
+                blocks: Blocks::default(),
+                text: None,
+                thinking: None,
+                called_tools: false,
+            },
+        ))
     }
 
     /// Feeds the next bytes; decoded events are appended to `out` (also those before an
     /// error). Bytes after the `done` line are ignored.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        if self.done {
-            return Ok(());
-        }
-        self.splitter.push(chunk, &mut self.lines);
-        self.drain(out, false)
+        self.0.push(chunk, out)
     }
 
     /// The body ended: fails unless the `done: true` line was seen.
     pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        if self.done {
-            return Ok(());
-        }
-        self.splitter.finish(&mut self.lines);
-        self.drain(out, true)?;
-        if self.done {
-            Ok(())
-        } else {
-            Err(ended_early(&self.provider, "no line with done: true"))
-        }
+        self.0.finish(out)
     }
 
     /// True once the `done: true` line was decoded (or an error ended the stream).
     pub fn is_done(&self) -> bool {
-        self.done
+        self.0.is_done()
+    }
+}
+
+impl Wire for Lines {
+    type Framing = NdjsonSplitter;
+    const TERMINAL: &'static str = "line with done: true";
+
+    fn provider(&self) -> &str {
+        &self.provider
     }
 
-    fn drain(&mut self, out: &mut Vec<StreamEvent>, at_eof: bool) -> Result<(), LlmError> {
-        let lines = std::mem::take(&mut self.lines);
-        let mut result = Ok(());
-        for line in &lines {
-            if self.done {
-                break;
-            }
-            if let Err(e) = self.line(line, out, at_eof) {
-                self.done = true;
-                result = Err(e);
-                break;
-            }
-        }
-        result
-    }
-
-    fn open(&mut self, block: BlockStart, out: &mut Vec<StreamEvent>) -> usize {
-        let index = self.next_index;
-        self.next_index += 1;
-        out.push(StreamEvent::BlockStart { index, block });
-        index
-    }
-
-    fn line(
+    fn frame(
         &mut self,
-        line: &[u8],
+        line: &Vec<u8>,
         out: &mut Vec<StreamEvent>,
         at_eof: bool,
-    ) -> Result<(), LlmError> {
-        let line: WireLine = match serde_json::from_slice(line) {
-            Ok(line) => line,
-            Err(_) if at_eof => {
-                return Err(ended_early(&self.provider, "the last line is incomplete"));
-            }
-            Err(e) => {
-                return Err(LlmError::Decode(format!(
-                    "{}: malformed JSON line: {e}",
-                    self.provider
-                )));
-            }
-        };
+    ) -> Result<bool, LlmError> {
+        let line: WireLine =
+            frame_json(line, &self.provider, at_eof, "line", || "line".to_owned())?;
         if let Some(error) = line_error(&self.provider, &line) {
             return Err(error);
         }
@@ -695,25 +651,13 @@ impl StreamDecoder {
         let usage = line.usage();
         let message = line.message.unwrap_or_default();
         if let Some(thinking) = message.thinking.filter(|t| !t.is_empty()) {
-            let index = match self.thinking {
-                Some(index) => index,
-                None => {
-                    let index = self.open(BlockStart::Thinking, out);
-                    self.thinking = Some(index);
-                    index
-                }
-            };
+            let index = self
+                .blocks
+                .open_once(&mut self.thinking, BlockStart::Thinking, out);
             out.push(StreamEvent::ThinkingDelta { index, thinking });
         }
         if !message.content.is_empty() {
-            let index = match self.text {
-                Some(index) => index,
-                None => {
-                    let index = self.open(BlockStart::Text, out);
-                    self.text = Some(index);
-                    index
-                }
-            };
+            let index = self.blocks.open_once(&mut self.text, BlockStart::Text, out);
             out.push(StreamEvent::TextDelta {
                 index,
                 text: message.content,
@@ -721,7 +665,7 @@ impl StreamDecoder {
         }
         for call in message.tool_calls {
             self.called_tools = true;
-            let index = self.open(
+            let index = self.blocks.open(
                 BlockStart::ToolUse {
                     id: call_id(call.id),
                     name: call.function.name,
@@ -732,32 +676,18 @@ impl StreamDecoder {
                 index,
                 partial_json: arguments(call.function.arguments).to_string(),
             });
-            out.push(StreamEvent::BlockStop { index });
+            self.blocks.close(index, out);
         }
         if line.done {
-            for index in [self.thinking, self.text].into_iter().flatten() {
-                out.push(StreamEvent::BlockStop { index });
-            }
+            self.blocks.close_all(out);
             out.push(StreamEvent::MessageDelta {
                 stop_reason: Some(stop_reason(line.done_reason.as_deref(), self.called_tools)),
                 stop_sequence: None,
                 usage,
             });
             out.push(StreamEvent::MessageStop);
-            self.done = true;
+            return Ok(true);
         }
-        Ok(())
-    }
-}
-
-impl Decode for StreamDecoder {
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        StreamDecoder::push(self, chunk, out)
-    }
-    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        StreamDecoder::finish(self, out)
-    }
-    fn is_done(&self) -> bool {
-        StreamDecoder::is_done(self)
+        Ok(false)
     }
 }

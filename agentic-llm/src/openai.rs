@@ -24,10 +24,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::decode::{Blocks, FrameDecoder, Wire, frame_json};
 use crate::error::ErrorBody;
-use crate::http::{Decode, Endpoint, HttpOptions, event_stream};
+use crate::http::{Endpoint, HttpOptions, encode, encode_value};
 use crate::sse::{SseEvent, SseParser};
-use crate::stream::{BlockStart, StreamEvent, ended_early};
+use crate::stream::{BlockStart, StreamEvent};
 use crate::{
     ApiKey, ChatRequest, ChatResponse, ContentBlock, EventStream, ImageSource, LlmError,
     LlmProvider, ProviderCapabilities, Role, StopReason, ToolChoice, Usage,
@@ -196,7 +197,7 @@ impl std::fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiProvider")
             .field("name", &self.endpoint.provider)
-            .field("url", &self.endpoint.url)
+            .field("url", &self.endpoint.url())
             .field("default_model", &self.default_model)
             .field("local", &self.local)
             .finish_non_exhaustive()
@@ -221,7 +222,7 @@ impl OpenAiProvider {
             .collect();
         let endpoint = Endpoint::new(
             &config.name,
-            format!("{base}/v1/chat/completions"),
+            &format!("{base}/v1/chat/completions"),
             &config.http,
             &secret,
             &[],
@@ -242,13 +243,7 @@ impl OpenAiProvider {
 
     /// The JSON body this provider sends for `request`.
     pub fn request_body(&self, request: &ChatRequest, stream: bool) -> Result<Value, LlmError> {
-        let wire = self.to_wire(request, stream)?;
-        serde_json::to_value(&wire).map_err(|e| LlmError::Other(format!("encode: {e}")))
-    }
-
-    fn body(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, LlmError> {
-        let wire = self.to_wire(request, stream)?;
-        serde_json::to_vec(&wire).map_err(|e| LlmError::Other(format!("encode: {e}")))
+        encode_value(&self.to_wire(request, stream)?)
     }
 
     fn to_wire<'a>(
@@ -326,21 +321,18 @@ impl LlmProvider for OpenAiProvider {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = self.body(&request, false)?;
+        let body = encode(&self.to_wire(&request, false)?)?;
         let provider = &self.endpoint.provider;
         self.endpoint
-            .post_and_parse(body, |bytes| parse_response(bytes, provider))
+            .complete(body, |bytes| parse_response(bytes, provider))
             .await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let body = self.body(&request, true)?;
-        let response = self.endpoint.post(body, false).await?;
-        Ok(event_stream(
-            &self.endpoint,
-            response,
-            StreamDecoder::new(&self.endpoint.provider),
-        ))
+        let body = encode(&self.to_wire(&request, true)?)?;
+        self.endpoint
+            .stream(body, StreamDecoder::new(&self.endpoint.provider).0)
+            .await
     }
 }
 
@@ -790,99 +782,61 @@ struct WireFunctionDelta {
 /// that ends before `[DONE]` is a retryable "stream ended early" error. Only the first
 /// choice is read (`n` > 1 is not supported).
 #[derive(Debug)]
-pub struct StreamDecoder {
+pub struct StreamDecoder(FrameDecoder<Chunks>);
+
+/// What the Chat Completions stream needs remembered between chunks.
+#[derive(Debug)]
+struct Chunks {
     provider: String,
-    sse: SseParser,
-    frames: Vec<SseEvent>,
     started: bool,
-    next_index: usize,
+    blocks: Blocks,
     text: Option<usize>,
     reasoning: Option<usize>,
     /// `(tool call index on the wire, our block index)`.
     tools: Vec<(u32, usize)>,
-    /// Blocks opened and not yet stopped, in opening order.
-    open: Vec<usize>,
     refused: bool,
-    done: bool,
 }
 
 impl StreamDecoder {
     /// A decoder for one answer; `provider` names it in errors.
     pub fn new(provider: &str) -> Self {
-        StreamDecoder {
-            provider: provider.to_owned(),
-            sse: SseParser::new(),
-            frames: Vec::new(),
-            started: false,
-            next_index: 0,
-            text: None,
-            reasoning: None,
-            tools: Vec::new(),
-            open: Vec::new(),
-            refused: false,
-            done: false,
-        }
+        StreamDecoder(FrameDecoder::new(
+            SseParser::new(),
+            Chunks {
+                provider: provider.to_owned(),
+                started: false,
+                blocks: Blocks::default(),
+                text: None,
+                reasoning: None,
+                tools: Vec::new(),
+                refused: false,
+            },
+        ))
     }
 
     /// Feeds the next bytes; decoded events are appended to `out` (also those before an
     /// error). Bytes after `[DONE]` are ignored.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        if self.done {
-            return Ok(());
-        }
-        self.sse.push(chunk, &mut self.frames);
-        self.drain(out, false)
+        self.0.push(chunk, out)
     }
 
     /// The body ended: fails unless `[DONE]` was seen.
     pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        if self.done {
-            return Ok(());
-        }
-        self.sse.finish(&mut self.frames);
-        self.drain(out, true)?;
-        if self.done {
-            Ok(())
-        } else {
-            Err(ended_early(&self.provider, "no [DONE]"))
-        }
+        self.0.finish(out)
     }
 
     /// True once `[DONE]` was decoded (or an error ended the stream).
     pub fn is_done(&self) -> bool {
-        self.done
+        self.0.is_done()
     }
+}
 
-    fn drain(&mut self, out: &mut Vec<StreamEvent>, at_eof: bool) -> Result<(), LlmError> {
-        let frames = std::mem::take(&mut self.frames);
-        let mut result = Ok(());
-        for frame in &frames {
-            if self.done {
-                break;
-            }
-            if let Err(e) = self.frame(frame, out, at_eof) {
-                self.done = true;
-                result = Err(e);
-                break;
-            }
-        }
-        self.frames = frames;
-        self.frames.clear();
-        result
-    }
+impl Wire for Chunks {
+    type Framing = SseParser;
+    const TERMINAL: &'static str = "[DONE]";
 
-    fn open_block(&mut self, block: BlockStart, out: &mut Vec<StreamEvent>) -> usize {
-        let index = self.next_index;
-        self.next_index += 1;
-        self.open.push(index);
-        out.push(StreamEvent::BlockStart { index, block });
-        index
-    }
-
-    fn close_all(&mut self, out: &mut Vec<StreamEvent>) {
-        for index in self.open.drain(..) {
-            out.push(StreamEvent::BlockStop { index });
-        }
+    fn provider(&self) -> &str {
+        &self.provider
     }
 
     fn frame(
@@ -890,26 +844,17 @@ impl StreamDecoder {
         frame: &SseEvent,
         out: &mut Vec<StreamEvent>,
         at_eof: bool,
-    ) -> Result<(), LlmError> {
+    ) -> Result<bool, LlmError> {
         let data = frame.data.trim();
         if data == "[DONE]" {
-            self.close_all(out);
-            self.done = true;
+            self.blocks.close_all(out);
             out.push(StreamEvent::MessageStop);
-            return Ok(());
+            return Ok(true);
         }
-        let chunk: WireChunk = match serde_json::from_str(data) {
-            Ok(chunk) => chunk,
-            Err(_) if at_eof => {
-                return Err(ended_early(&self.provider, "the last chunk is incomplete"));
-            }
-            Err(e) => {
-                return Err(LlmError::Decode(format!(
-                    "{}: malformed JSON in a stream chunk: {e}",
-                    self.provider
-                )));
-            }
-        };
+        let chunk: WireChunk =
+            frame_json(data.as_bytes(), &self.provider, at_eof, "chunk", || {
+                "in a stream chunk".to_owned()
+            })?;
         if let Some(error) = chunk.error {
             let body =
                 ErrorBody::from_json(&serde_json::json!({ "error": error })).unwrap_or_default();
@@ -926,14 +871,9 @@ impl StreamDecoder {
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             let delta = choice.delta;
             if let Some(thinking) = delta.reasoning_content.filter(|t| !t.is_empty()) {
-                let index = match self.reasoning {
-                    Some(index) => index,
-                    None => {
-                        let index = self.open_block(BlockStart::Thinking, out);
-                        self.reasoning = Some(index);
-                        index
-                    }
-                };
+                let index = self
+                    .blocks
+                    .open_once(&mut self.reasoning, BlockStart::Thinking, out);
                 out.push(StreamEvent::ThinkingDelta { index, thinking });
             }
             let refusal = delta.refusal.filter(|r| !r.is_empty());
@@ -942,14 +882,7 @@ impl StreamDecoder {
                 .into_iter()
                 .flatten()
             {
-                let index = match self.text {
-                    Some(index) => index,
-                    None => {
-                        let index = self.open_block(BlockStart::Text, out);
-                        self.text = Some(index);
-                        index
-                    }
-                };
+                let index = self.blocks.open_once(&mut self.text, BlockStart::Text, out);
                 out.push(StreamEvent::TextDelta { index, text });
             }
             for call in delta.tool_calls {
@@ -962,7 +895,7 @@ impl StreamDecoder {
                     None => {
                         let id = call.id.unwrap_or_else(|| format!("call_{}", call.index));
                         let name = function.name.clone().unwrap_or_default();
-                        let index = self.open_block(BlockStart::ToolUse { id, name }, out);
+                        let index = self.blocks.open(BlockStart::ToolUse { id, name }, out);
                         self.tools.push((call.index, index));
                         index
                     }
@@ -975,7 +908,7 @@ impl StreamDecoder {
                 }
             }
             if let Some(reason) = choice.finish_reason {
-                self.close_all(out);
+                self.blocks.close_all(out);
                 let stop = if self.refused {
                     StopReason::Refusal
                 } else {
@@ -995,18 +928,6 @@ impl StreamDecoder {
                 usage: usage.to_usage(),
             });
         }
-        Ok(())
-    }
-}
-
-impl Decode for StreamDecoder {
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        StreamDecoder::push(self, chunk, out)
-    }
-    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        StreamDecoder::finish(self, out)
-    }
-    fn is_done(&self) -> bool {
-        StreamDecoder::is_done(self)
+        Ok(false)
     }
 }

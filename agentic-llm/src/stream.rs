@@ -355,6 +355,7 @@ pub fn ended_early(provider: &str, what: &str) -> LlmError {
     LlmError::Connection {
         provider: provider.to_owned(),
         message: format!("stream ended early: {what}"),
+        source: None,
     }
 }
 

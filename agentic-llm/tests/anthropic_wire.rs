@@ -10,6 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use agentic_llm::HttpOptions;
 use agentic_llm::anthropic::{AnthropicConfig, AnthropicProvider, StreamDecoder};
 use agentic_llm::retry_hint::{parse_rfc3339, retry_after};
 use agentic_llm::tool::{FnTool, ToolSet, run_with_tools};
@@ -896,6 +897,109 @@ async fn keys_never_show_in_debug_or_errors() {
         AnthropicProvider::new(keyless),
         Err(LlmError::Config(_))
     ));
+}
+
+#[tokio::test]
+async fn a_connection_error_keeps_its_cause() {
+    let dead =
+        AnthropicProvider::new(AnthropicConfig::new(KEY).base_url("http://127.0.0.1:9")).unwrap();
+    let error = dead.complete(ChatRequest::user("x")).await.unwrap_err();
+    assert!(matches!(error, LlmError::Connection { .. }), "{error:?}");
+    assert!(error.is_retryable());
+    // The chain can be walked down to the OS error...
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        causes.push(cause);
+        source = cause.source();
+    }
+    assert!(
+        causes.iter().any(|c| c
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)),
+        "{causes:?}"
+    );
+    // ...and the message names the provider without repeating the causes.
+    let message = error.to_string();
+    assert!(
+        message.starts_with("connection to anthropic failed: "),
+        "{message}"
+    );
+    let root = causes.last().unwrap().to_string();
+    assert!(!message.contains(&root), "{message} repeats {root}");
+    assert!(!format!("{error:?}").contains(KEY));
+}
+
+#[tokio::test]
+async fn a_slow_answer_is_bounded_by_the_call_timeout_not_the_read_timeout() {
+    let Some(root) = root() else { return };
+    let answer = fixture(&root, P, "message_text.json");
+    let http = HttpOptions {
+        timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_millis(100),
+        ..HttpOptions::default()
+    };
+    // The head comes after 300 ms, as from a model that generates the whole answer first:
+    // longer than the read timeout, well within the call's.
+    let server = Server::always(Reply::json(200, answer).delayed(Duration::from_millis(300))).await;
+    let slow = AnthropicProvider::new(
+        AnthropicConfig::new(KEY)
+            .base_url(server.url())
+            .http(http.clone()),
+    )
+    .unwrap();
+    let text = slow.complete(ChatRequest::user("x")).await.unwrap();
+    assert_eq!(text.id, "msg_014SddXAzPYwR72fa37nJ8N2");
+    // A call timeout shorter than the wait ends the call.
+    let short = AnthropicProvider::new(AnthropicConfig::new(KEY).base_url(server.url()).http(
+        HttpOptions {
+            timeout: Duration::from_millis(100),
+            ..http.clone()
+        },
+    ))
+    .unwrap();
+    let error = short.complete(ChatRequest::user("x")).await.unwrap_err();
+    assert!(
+        matches!(error, LlmError::Timeout(d) if d == Duration::from_millis(100)),
+        "{error:?}"
+    );
+    // A stream's silence is bounded by the read timeout: here the head.
+    let error = slow.stream(ChatRequest::user("x")).await.err().unwrap();
+    assert!(
+        matches!(error, LlmError::Timeout(d) if d == Duration::from_millis(100)),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_stream_times_out_between_reads() {
+    let Some(root) = root() else { return };
+    let body = fixture(&root, P, "stream_text_and_tool_use.sse");
+    let cut = body.len() / 2;
+    let mut reply = Reply::sse(body).split_at(&[cut]);
+    reply.pause = Some(Duration::from_millis(400));
+    let server = Server::always(reply).await;
+    let provider = AnthropicProvider::new(AnthropicConfig::new(KEY).base_url(server.url()).http(
+        HttpOptions {
+            read_timeout: Duration::from_millis(100),
+            ..HttpOptions::default()
+        },
+    ))
+    .unwrap();
+    let mut events = provider.stream(ChatRequest::user("x")).await.unwrap();
+    let mut seen = 0;
+    let error = loop {
+        match events.next().await {
+            Some(Ok(_)) => seen += 1,
+            Some(Err(error)) => break error,
+            None => panic!("the stream ended without the rest of the body"),
+        }
+    };
+    assert!(seen > 0);
+    assert!(
+        matches!(error, LlmError::Timeout(d) if d == Duration::from_millis(100)),
+        "{error:?}"
+    );
 }
 
 fn fixture_root_or_skip() -> Option<PathBuf> {

@@ -65,6 +65,7 @@ fn all_variants() -> Vec<(LlmError, bool, Option<Duration>)> {
             LlmError::Connection {
                 provider: p(),
                 message: "reset".into(),
+                source: None,
             },
             true,
             None,

@@ -473,6 +473,7 @@ async fn collect_stream_passes_stream_errors_through() {
         Err(LlmError::Connection {
             provider: "p".into(),
             message: "reset".into(),
+            source: None,
         }),
     ])
     .boxed();

@@ -144,6 +144,8 @@ pub struct Reply {
     pub pause: Option<Duration>,
     /// Abort the connection after the pieces instead of ending the body cleanly.
     pub abort: bool,
+    /// Wait this long before sending the head (a model still generating).
+    pub delay: Option<Duration>,
 }
 
 impl Reply {
@@ -154,6 +156,7 @@ impl Reply {
             chunks: vec![body.into()],
             pause: None,
             abort: false,
+            delay: None,
         }
     }
 
@@ -192,6 +195,12 @@ impl Reply {
 
     pub fn aborted(mut self) -> Self {
         self.abort = true;
+        self
+    }
+
+    /// The head (and everything after it) sent only after `delay`.
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
         self
     }
 }
@@ -316,6 +325,9 @@ async fn handle(
             .boxed();
         return Ok(Response::builder().status(599).body(body).unwrap());
     };
+    if let Some(delay) = reply.delay {
+        tokio::time::sleep(delay).await;
+    }
     let mut builder = Response::builder().status(StatusCode::from_u16(reply.status).unwrap());
     for (name, value) in &reply.headers {
         builder = builder.header(name, value);
