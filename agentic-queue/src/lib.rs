@@ -401,6 +401,44 @@ pub trait TaskQueue: Send + Sync {
     /// the lease expired and the job was (or can be) delivered again.
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
 
+    /// Finishes several deliveries at once: one result per lease, in order, each what
+    /// [`ack`](TaskQueue::ack) would have returned for it alone.
+    ///
+    /// Backends that can carry a whole batch in one round trip override this (the Redis
+    /// backend acks a batch per queue with one script call); the provided implementation
+    /// acks one lease after the other. Leases may come from different queues. A lease
+    /// listed twice is acked once and refused ([`QueueError::LeaseLost`]) the second time,
+    /// as two calls of `ack` would be. An empty slice returns an empty vector.
+    ///
+    /// The outer `Err` means the batch failed as a whole (for example the backend stayed
+    /// unreachable through its retries): which leases were acked before the failure is
+    /// unknown, exactly as after a failed `ack`. Acking them again is safe: a lease that
+    /// was acked is then refused with [`QueueError::LeaseLost`] and its job stays done.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use agentic_queue::{MemoryQueue, NewJob, TaskQueue};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), agentic_queue::QueueError> {
+    /// let queue = MemoryQueue::new();
+    /// queue.enqueue_batch("q", vec![NewJob::new(b"a".to_vec()), NewJob::new(b"b".to_vec())]).await?;
+    /// let jobs = queue.dequeue("q", 10, Duration::from_secs(30), Duration::ZERO).await?;
+    /// let leases: Vec<_> = jobs.into_iter().map(|d| d.lease).collect();
+    /// for result in queue.ack_batch(&leases).await? {
+    ///     result?; // or log a `LeaseLost`: another worker owns that job now
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    async fn ack_batch(&self, leases: &[Lease]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        let mut out = Vec::with_capacity(leases.len());
+        for lease in leases {
+            out.push(self.ack(lease).await);
+        }
+        Ok(out)
+    }
+
     /// Gives a delivery back: retry after a delay or dead-letter it, recording `reason`
     /// as its last error.
     async fn nack(
@@ -445,6 +483,9 @@ macro_rules! forward_queue {
             }
             async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
                 (**self).ack(lease).await
+            }
+            async fn ack_batch(&self, leases: &[Lease]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+                (**self).ack_batch(leases).await
             }
             async fn nack(&self, lease: &Lease, retry: Retry, reason: &str) -> Result<NackOutcome, QueueError> {
                 (**self).nack(lease, retry, reason).await

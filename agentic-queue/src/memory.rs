@@ -689,6 +689,40 @@ impl TaskQueue for MemoryQueue {
         Ok(())
     }
 
+    /// Takes each queue's lock once per run of consecutive leases of that queue.
+    async fn ack_batch(&self, leases: &[Lease]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        let mut out = Vec::with_capacity(leases.len());
+        for run in leases.chunk_by(|a, b| a.queue == b.queue) {
+            let shared = check_name(&run[0].queue)
+                .ok()
+                .and_then(|()| self.existing(&run[0].queue));
+            let Some(shared) = shared else {
+                for l in run {
+                    out.push(Err(match check_name(&l.queue) {
+                        Err(e) => e,
+                        Ok(()) => lease_lost(l),
+                    }));
+                }
+                continue;
+            };
+            let mut state = shared.lock();
+            state.promote(Instant::now(), self.config.dead_letter_retention);
+            for l in run {
+                let current = parse_seq(&l.job_id)
+                    .and_then(|seq| Some((seq, state.current_lease(seq, l.token)?)));
+                out.push(match current {
+                    Some((seq, expiry)) => {
+                        state.leased.remove(&(expiry, seq));
+                        state.jobs.remove(&seq);
+                        Ok(())
+                    }
+                    None => Err(lease_lost(l)),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     async fn nack(
         &self,
         lease: &Lease,

@@ -141,6 +141,8 @@ macro_rules! __queue_conformance_cases {
             invalid_jobs_refused,
             stats_counts_by_state,
             acked_job_is_gone,
+            ack_batch_acks_each,
+            ack_batch_refuses_stale_leases,
             binary_payloads_roundtrip,
             concurrent_consumers_no_double_delivery,
         }
@@ -1302,6 +1304,124 @@ pub async fn acked_job_is_gone(queue: Arc<dyn TaskQueue>, prefix: &str) -> CaseR
     assert!(
         queue.dead_letters(&q, 10).await?.is_empty(),
         "{CASE}: an acked job is not a dead letter"
+    );
+    assert_drained(queue, &q, CASE).await?;
+    Ok(CaseOutcome::Passed)
+}
+
+/// `ack_batch` acks leases from several queues in one call, one result per lease in
+/// order: a lease listed twice is acked once and refused (`LeaseLost`) the second time;
+/// the acked jobs are gone; the same leases again are all refused; an empty batch is an
+/// empty answer.
+pub async fn ack_batch_acks_each(queue: Arc<dyn TaskQueue>, prefix: &str) -> CaseResult {
+    const CASE: &str = "ack_batch_acks_each";
+    let queue = &*queue;
+    let (q1, q2) = (queue_name(prefix, CASE), queue_name(prefix, CASE));
+    let caps = queue.capabilities();
+    let lease = lease_for(&caps, LONG_LEASE);
+    let jobs = |tag: &str, n: usize| -> Vec<NewJob> {
+        (0..n)
+            .map(|i| NewJob::new(format!("{tag}{i}").into_bytes()))
+            .collect()
+    };
+    queue.enqueue_batch(&q1, jobs("a", 5)).await?;
+    queue.enqueue_batch(&q2, jobs("b", 3)).await?;
+    let first = take(queue, &q1, 5, lease).await?;
+    let second = take(queue, &q2, 3, lease).await?;
+    assert_eq!(
+        (first.len(), second.len()),
+        (5, 3),
+        "{CASE}: every job delivered"
+    );
+
+    // Interleave the queues and list one lease twice.
+    let mut leases = Vec::new();
+    for (i, d) in first.iter().enumerate() {
+        leases.push(d.lease.clone());
+        if let Some(other) = second.get(i) {
+            leases.push(other.lease.clone());
+        }
+    }
+    let dup = leases.len();
+    leases.push(first[2].lease.clone());
+    let results = queue.ack_batch(&leases).await?;
+    assert_eq!(results.len(), leases.len(), "{CASE}: one result per lease");
+    for (i, result) in results.into_iter().enumerate() {
+        if i == dup {
+            expect_lease_lost(result, CASE, "the second ack of a lease listed twice");
+        } else {
+            assert!(
+                result.is_ok(),
+                "{CASE}: lease {i} ({:?}) must ack, got {result:?}",
+                leases[i].job_id
+            );
+        }
+    }
+    assert_drained(queue, &q1, CASE).await?;
+    assert_drained(queue, &q2, CASE).await?;
+
+    let again = queue.ack_batch(&leases[..dup]).await?;
+    assert_eq!(again.len(), dup, "{CASE}: one result per lease");
+    for result in again {
+        expect_lease_lost(result, CASE, "ack_batch of leases already acked");
+    }
+    assert!(
+        queue.ack_batch(&[]).await?.is_empty(),
+        "{CASE}: an empty batch has no results"
+    );
+    expect_nothing(queue, &q1, CASE, "acked jobs must not come back").await?;
+    assert_drained(queue, &q1, CASE).await?;
+    assert_drained(queue, &q2, CASE).await?;
+    Ok(CaseOutcome::Passed)
+}
+
+/// In an `ack_batch`, a lease that expired and whose job was redelivered is refused with
+/// `LeaseLost` while the current leases beside it ack; the refused one changes nothing
+/// (the new owner still holds its job and acks it).
+pub async fn ack_batch_refuses_stale_leases(queue: Arc<dyn TaskQueue>, prefix: &str) -> CaseResult {
+    const CASE: &str = "ack_batch_refuses_stale_leases";
+    let queue = &*queue;
+    let q = queue_name(prefix, CASE);
+    let caps = queue.capabilities();
+    let lease = lease_for(&caps, LONG_LEASE);
+    queue.enqueue(&q, NewJob::new(b"stale".to_vec())).await?;
+    let old = take_one(queue, &q, SHORT_LEASE, CASE).await?;
+    sleep(SHORT_LEASE + Duration::from_millis(200)).await;
+    let new = take_one(queue, &q, lease, CASE).await?;
+    assert_eq!(
+        new.job_id(),
+        old.job_id(),
+        "{CASE}: the same job, redelivered"
+    );
+    queue.enqueue(&q, NewJob::new(b"fresh".to_vec())).await?;
+    let fresh = take_one(queue, &q, lease, CASE).await?;
+    assert_eq!(payload_of(&fresh), b"fresh", "{CASE}: the second job");
+
+    let results = queue
+        .ack_batch(&[old.lease.clone(), fresh.lease.clone()])
+        .await?;
+    assert_eq!(results.len(), 2, "{CASE}: one result per lease");
+    let mut results = results.into_iter();
+    expect_lease_lost(
+        results.next().unwrap_or(Ok(())),
+        CASE,
+        "the expired, redelivered lease in a batch",
+    );
+    let fresh_result = results.next();
+    assert!(
+        matches!(fresh_result, Some(Ok(()))),
+        "{CASE}: the current lease beside it must ack, got {fresh_result:?}"
+    );
+    let stats = queue.stats(&q).await?;
+    assert_eq!(
+        (stats.leased, stats.ready, stats.dead),
+        (1, 0, 0),
+        "{CASE}: still leased to the new owner"
+    );
+    let results = queue.ack_batch(std::slice::from_ref(&new.lease)).await?;
+    assert!(
+        matches!(results.as_slice(), [Ok(())]),
+        "{CASE}: the new owner's lease acks, got {results:?}"
     );
     assert_drained(queue, &q, CASE).await?;
     Ok(CaseOutcome::Passed)

@@ -1300,6 +1300,11 @@ impl TaskQueue for NatsQueue {
             .unwrap_or_else(|| Err(QueueError::backend_msg("ack result missing")))
     }
 
+    /// [`NatsQueue::ack_many`]: the whole batch in one round trip.
+    async fn ack_batch(&self, leases: &[Lease]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        Ok(self.ack_many(leases).await)
+    }
+
     async fn nack(
         &self,
         lease: &Lease,
