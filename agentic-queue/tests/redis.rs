@@ -234,7 +234,7 @@ async fn redis_restarted_mid_run_loses_no_job() {
             Err(e) => panic!("non-retryable error after restart: {e}"),
         };
         let leases: Vec<_> = batch.iter().map(|d| d.lease.clone()).collect();
-        for r in queue.ack_many(&leases).await {
+        for r in queue.ack_batch(&leases).await.unwrap() {
             r.unwrap();
         }
         for d in batch {

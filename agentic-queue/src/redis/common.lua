@@ -4,9 +4,23 @@
 -- that prefix plus a suffix, so all of a queue's keys share the hash tag `{<queue>}` and
 -- live in one Redis Cluster slot.
 --
--- Job hash `job:<id>` fields: payload, headers (JSON), priority, max_attempts,
--- attempts (deliveries so far), token (fencing number, +1 per delivery, never reset),
--- last_error, reason and dead_at (dead letters only).
+-- A job is two keys. `job:<id>` is a string written once by enqueue: the header
+-- `<priority>,<max_attempts>,<headers length>;` then the headers (JSON, or nothing) and the
+-- payload, encoded and decoded by the client, so enqueue is one MSET and dequeue one MGET
+-- for a whole batch; scripts read only the header (GETRANGE), and only on rare paths.
+-- `state:<id>` is a hash that exists only once a delivery of the job ended without an ack:
+-- attempts (deliveries that ended so), last_error, and for dead letters reason and dead_at.
+--
+-- Entries of the ready lists and of `delayed` are `<id>` for a job never given back, else
+-- `<id>:<attempts>`, so a dequeue knows the attempt without reading anything; only an
+-- entry with attempts makes it read `state` (for last_error).
+--
+-- Fencing: `seq` is one counter per queue; every delivery takes the next number as its
+-- token, so a job's tokens grow with every delivery and are never reused, and a dequeue of
+-- n jobs costs one INCRBY instead of a write per job. A lease is the member `<id>:<token>`
+-- of `leased`, scored by its expiry: a lease is current exactly when its member is there
+-- with a score in the future, so ack, extend and nack check it with one ZSCORE (ack with
+-- one ZMSCORE for a whole batch) and never read the job.
 --
 -- Time is the server's (`TIME`), so workers on machines with skewed clocks agree on
 -- delays and lease expiry.
@@ -15,6 +29,7 @@ local base = KEYS[1]
 local LEASED = base .. 'leased'
 local DELAYED = base .. 'delayed'
 local DEAD = base .. 'dead'
+local SEQ = base .. 'seq'
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -22,55 +37,101 @@ local function now_ms()
 end
 
 local function job_key(id) return base .. 'job:' .. id end
+local function state_key(id) return base .. 'state:' .. id end
 local function ready_key(p) return base .. 'ready:' .. p end
 
--- Moves a job to the dead-letter list and trims the list to `max_dead` (0: unbounded);
--- trimmed jobs are deleted, so memory stays bounded.
-local function dead_letter(id, reason, now, max_dead)
-  redis.call('HSET', job_key(id), 'reason', reason, 'dead_at', now, 'last_error', reason)
+-- The `leased` member of the delivery of `id` with `token` (`lease_id` below reads the
+-- id back from one).
+local function lease_member(id, token) return id .. ':' .. token end
+
+-- A ready or delayed entry: (id, attempts so far, true when written with attempts).
+local function split_entry(e)
+  -- Ids never contain ':' (the client makes them from hex digits).
+  local at = string.find(e, ':', 1, true)
+  if not at then return e, 0, false end
+  return string.sub(e, 1, at - 1), tonumber(string.sub(e, at + 1)), true
+end
+
+local function lease_id(member) return (split_entry(member)) end
+
+-- The job's priority and max_attempts from its header; nil when the job is gone.
+local function job_head(id)
+  local h = redis.call('GETRANGE', job_key(id), 0, 63)
+  local p, m = string.match(h, '^(%d+),(%d+),')
+  if not p then return nil end
+  return p, tonumber(m)
+end
+
+-- `cmd key args[1..n]` in slices small enough for Lua's stack (`unpack` of a huge table
+-- fails); `step` must be even for commands taking pairs.
+local function call_sliced(cmd, key, args)
+  local step = 4000
+  for i = 1, #args, step do
+    redis.call(cmd, key, unpack(args, i, math.min(i + step - 1, #args)))
+  end
+end
+
+-- Moves a job to the dead-letter list after `attempts` deliveries and trims the list to
+-- `max_dead` (0: unbounded); trimmed jobs are deleted, so memory stays bounded.
+local function dead_letter(id, reason, now, max_dead, attempts)
+  redis.call('HSET', state_key(id), 'reason', reason, 'dead_at', now, 'last_error', reason,
+    'attempts', attempts)
   redis.call('RPUSH', DEAD, id)
   if max_dead > 0 then
     local excess = redis.call('LLEN', DEAD) - max_dead
     while excess > 0 do
       local old = redis.call('LPOP', DEAD)
-      if old then redis.call('DEL', job_key(old)) end
+      if old then redis.call('DEL', job_key(old), state_key(old)) end
       excess = excess - 1
     end
   end
+end
+
+-- Ends the delivery of `id` that was its (attempts + 1)th: records the attempt and the
+-- error `err(attempts, dead)`, then dead-letters the job if `dead` or its attempts are
+-- spent, else hands `retry(priority, entry)` the entry to queue again. Returns true when
+-- dead-lettered.
+local function give_back(id, dead, now, max_dead, err, retry)
+  local p, max = job_head(id)
+  if not p then return false end
+  local sk = state_key(id)
+  local attempts = (tonumber(redis.call('HGET', sk, 'attempts')) or 0) + 1
+  if dead or attempts >= max then
+    dead_letter(id, err(attempts, true), now, max_dead, attempts)
+    return true
+  end
+  redis.call('HSET', sk, 'attempts', attempts, 'last_error', err(attempts, false))
+  retry(p, id .. ':' .. attempts)
+  return false
+end
+
+local function lease_expired(attempts, dead)
+  if dead then return 'lease expired after ' .. attempts .. ' attempt(s)' end
+  return 'lease expired'
 end
 
 -- Moves due delayed jobs to ready and reclaims expired leases (redeliver, or dead-letter
 -- once attempts are spent). At most `limit` of each per call, so one call stays short.
 local function promote(now, max_dead, limit)
   local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', DELAYED, id)
-    local p = redis.call('HGET', job_key(id), 'priority')
-    if p then redis.call('RPUSH', ready_key(p), id) end
+  for _, e in ipairs(due) do
+    redis.call('ZREM', DELAYED, e)
+    local p = job_head((split_entry(e)))
+    if p then redis.call('RPUSH', ready_key(p), e) end
   end
   local expired = redis.call('ZRANGEBYSCORE', LEASED, '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(expired) do
-    redis.call('ZREM', LEASED, id)
-    local jk = job_key(id)
-    local f = redis.call('HMGET', jk, 'attempts', 'max_attempts', 'priority')
-    if f[1] then
-      local attempts = tonumber(f[1])
-      if attempts >= tonumber(f[2]) then
-        dead_letter(id, 'lease expired after ' .. attempts .. ' attempt(s)', now, max_dead)
-      else
-        redis.call('HSET', jk, 'last_error', 'lease expired')
-        redis.call('RPUSH', ready_key(f[3]), id)
-      end
-    end
+  for _, m in ipairs(expired) do
+    redis.call('ZREM', LEASED, m)
+    local id = lease_id(m)
+    give_back(id, false, now, max_dead, lease_expired,
+      function(p, e) redis.call('RPUSH', ready_key(p), e) end)
   end
 end
 
 -- 1: the lease (id, token) is current; 0: stale or expired; -1: no such job.
 local function check_lease(id, token, now)
-  local tok = redis.call('HGET', job_key(id), 'token')
-  if not tok then return -1 end
-  if tok ~= token then return 0 end
-  local exp = redis.call('ZSCORE', LEASED, id)
-  if not exp or tonumber(exp) <= now then return 0 end
-  return 1
+  local exp = redis.call('ZSCORE', LEASED, lease_member(id, token))
+  if exp and tonumber(exp) > now then return 1 end
+  if redis.call('EXISTS', job_key(id)) == 0 then return -1 end
+  return 0
 end

@@ -1,38 +1,60 @@
--- Dequeue up to ARGV[1] jobs leased for ARGV[2] ms. ARGV[3]: dead-letter cap,
--- ARGV[4]: promote limit. Promotes due delays and reclaims expired leases first.
--- Returns a flat list of 8 fields per job:
--- id, payload, headers, priority, attempts, max_attempts, token, last_error.
+-- Dequeue up to ARGV[1] jobs (at most 1000) leased for ARGV[2] ms. ARGV[3]: dead-letter
+-- cap, ARGV[4]: promote limit. Promotes due delays and reclaims expired leases first.
+-- Returns the first job's fencing token (the i-th job has token first + i - 1; 0 when
+-- none), then 4 fields per job: id, the job as enqueued (header, headers, payload),
+-- attempt, last_error.
+--
+-- Per call, whatever the batch: the LPOPs, one MGET, one INCRBY for all the tokens and
+-- one ZADD for all the leases. Nothing is written to a job on delivery.
 local want = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local now = now_ms()
 promote(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
-local out = {}
-local leases = {}
+local out = { 0 }
+local ids = {}
 for p = 9, 0, -1 do
   if want <= 0 then break end
-  local ids = redis.call('LPOP', ready_key(p), want)
-  if ids then
-    for _, id in ipairs(ids) do
-      local jk = job_key(id)
-      local f = redis.call('HMGET', jk, 'payload', 'headers', 'max_attempts', 'last_error')
-      -- A list entry without its hash was trimmed away as an old dead letter; skip it.
-      if f[1] then
-        local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
-        local token = redis.call('HINCRBY', jk, 'token', 1)
-        leases[#leases + 1] = now + lease
-        leases[#leases + 1] = id
-        out[#out + 1] = id
-        out[#out + 1] = f[1]
-        out[#out + 1] = f[2]
-        out[#out + 1] = p
-        out[#out + 1] = attempts
-        out[#out + 1] = f[3]
-        out[#out + 1] = token
-        out[#out + 1] = f[4] or ''
+  local popped = redis.call('LPOP', ready_key(p), want)
+  if popped then
+    local keys, atts, marked = {}, {}, {}
+    for i, e in ipairs(popped) do
+      local id, n, m = split_entry(e)
+      popped[i] = id
+      keys[i] = job_key(id)
+      atts[i] = n
+      marked[i] = m
+    end
+    local jobs = redis.call('MGET', unpack(keys))
+    for i, id in ipairs(popped) do
+      -- An entry without its job was trimmed away as an old dead letter; skip it.
+      if jobs[i] then
+        ids[#ids + 1] = id
+        local o = #out
+        out[o + 1] = id
+        out[o + 2] = jobs[i]
+        out[o + 3] = atts[i] + 1
+        if marked[i] then
+          out[o + 4] = redis.call('HGET', state_key(id), 'last_error')
+        else
+          out[o + 4] = false
+        end
         want = want - 1
       end
     end
   end
 end
-if #leases > 0 then redis.call('ZADD', LEASED, unpack(leases)) end
+if #ids > 0 then
+  local first = redis.call('INCRBY', SEQ, #ids) - #ids + 1
+  local leases = {}
+  local expiry = tostring(now + lease)
+  for i, id in ipairs(ids) do
+    leases[2 * i - 1] = expiry
+    local token = first + i - 1
+    -- tostring prints integers below 1e14 exactly; past that, format them in full.
+    if token >= 1e14 then token = string.format('%.0f', token) end
+    leases[2 * i] = lease_member(id, token)
+  end
+  call_sliced('ZADD', LEASED, leases)
+  out[1] = first
+end
 return out

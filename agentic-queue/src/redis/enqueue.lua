@@ -1,30 +1,34 @@
 -- Enqueue a batch. ARGV: dedupe_window_ms, n, repeat (1 when this call repeats one whose
--- reply was lost), then n x (id, payload, priority, delay_ms, max_attempts,
--- idempotency_key or '', headers_json).
--- Returns a flat list of (id, duplicate 0/1) per job.
+-- reply was lost), then n x (id, priority, delay_ms, idempotency_key or '', job), the job
+-- encoded by the client (header, headers, payload; see common.lua).
+-- Returns a flat list of (index from 0, existing id) for each job whose idempotency key
+-- matched an earlier job; every other job was enqueued under the id it was given.
+-- One MSET writes every job and one RPUSH per priority queues them.
 local window = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local is_repeat = ARGV[3] == '1'
-local now = now_ms()
+local now = nil
 local out = {}
+local sets = {}
 local pushes = {}
 for i = 0, n - 1 do
-  local o = 4 + i * 7
-  local id, prio, delay, idem = ARGV[o], ARGV[o + 2], tonumber(ARGV[o + 3]), ARGV[o + 5]
+  local o = 4 + i * 5
+  local id, prio, delay, idem = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
   local prev = false
   if idem ~= '' then prev = redis.call('GET', base .. 'idem:' .. idem) end
   if prev then
+    out[#out + 1] = i
     out[#out + 1] = prev
-    out[#out + 1] = 1
   else
     local jk = job_key(id)
     -- The ids are made by the client, so a repeated call (after a lost reply) finds its
     -- own job here instead of enqueueing it twice. A first call cannot, so it skips the check.
     if not is_repeat or redis.call('EXISTS', jk) == 0 then
-      redis.call('HSET', jk, 'payload', ARGV[o + 1], 'priority', prio, 'max_attempts', ARGV[o + 4],
-        'attempts', 0, 'token', 0, 'headers', ARGV[o + 6])
-      if delay > 0 then
-        redis.call('ZADD', DELAYED, now + delay, id)
+      sets[#sets + 1] = jk
+      sets[#sets + 1] = ARGV[o + 4]
+      if delay ~= '0' then
+        now = now or now_ms()
+        redis.call('ZADD', DELAYED, now + tonumber(delay), id)
       else
         local l = pushes[prio]
         if not l then l = {}; pushes[prio] = l end
@@ -32,9 +36,8 @@ for i = 0, n - 1 do
       end
       if idem ~= '' then redis.call('SET', base .. 'idem:' .. idem, id, 'PX', window) end
     end
-    out[#out + 1] = id
-    out[#out + 1] = 0
   end
 end
+if #sets > 0 then redis.call('MSET', unpack(sets)) end
 for p, ids in pairs(pushes) do redis.call('RPUSH', ready_key(p), unpack(ids)) end
 return out

@@ -8,11 +8,13 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `<prefix>:{q}:ready:<0..9>` | list | ids ready to deliver, one list per priority (FIFO) |
-//! | `<prefix>:{q}:delayed` | sorted set | ids by the server time (ms) they become due (delays and retry backoffs) |
-//! | `<prefix>:{q}:leased` | sorted set | ids by lease expiry (ms): the per-job leases |
+//! | `<prefix>:{q}:ready:<0..9>` | list | entries ready to deliver, one list per priority (FIFO): `<id>`, or `<id>:<attempts>` once a delivery ended without an ack |
+//! | `<prefix>:{q}:delayed` | sorted set | entries by the server time (ms) they become due (delays and retry backoffs) |
+//! | `<prefix>:{q}:leased` | sorted set | `<id>:<token>` by lease expiry (ms): the per-job leases |
 //! | `<prefix>:{q}:dead` | list | dead-lettered ids, oldest first (trimmed to `dead_letter_max`) |
-//! | `<prefix>:{q}:job:<id>` | hash | payload, headers, priority, attempts, max_attempts, token, last_error, reason, dead_at |
+//! | `<prefix>:{q}:job:<id>` | string | the job, written once: `<priority>,<max_attempts>,<headers length>;`, the headers (JSON) and the payload |
+//! | `<prefix>:{q}:state:<id>` | hash | only once a delivery ended without an ack: attempts, last_error; for dead letters reason, dead_at |
+//! | `<prefix>:{q}:seq` | counter | fencing tokens: every delivery of any job of the queue takes the next one |
 //! | `<prefix>:{q}:idem:<key>` | string | the job id for an idempotency key, expiring after `dedupe_window` |
 //!
 //! # Scripts
@@ -20,11 +22,23 @@
 //! | script | job |
 //! |---|---|
 //! | `enqueue` | a batch: dedupe by idempotency key, write hashes, push to ready or delayed |
-//! | `dequeue` | promote due delays, reclaim expired leases (redeliver or dead-letter), pop by priority, bump attempts and the fencing token, record per-job leases |
-//! | `ack` | a batch of (id, token): checked against the token and expiry, then the job is deleted |
+//! | `dequeue` | promote due delays, reclaim expired leases (redeliver or dead-letter), pop by priority, take one fencing token per job from `seq`, record per-job leases |
+//! | `ack` | a batch of (id, token): the lease `<id>:<token>` must be in `leased` and unexpired, then the job is deleted |
 //! | `extend` | checked against the token, moves the lease's expiry |
-//! | `nack` | checked against the token: retry after a delay, or dead-letter with the reason |
+//! | `nack` | checked against the token: count the attempt, retry after a delay, or dead-letter with the reason |
 //! | `dead_letters`, `requeue_dead`, `stats` | inspection and repair |
+//!
+//! # Fencing and cost per job
+//!
+//! A delivery's token comes from the queue's `seq` counter (one `INCRBY` per dequeue call),
+//! so tokens grow with every delivery of a job and are never reused, and nothing is written
+//! to the job on delivery. The lease is the member `<id>:<token>` of `leased`: a lease is
+//! current exactly when that member is there with an expiry in the future. The job itself
+//! is one string the client encodes and decodes, so whatever the batch size an enqueue is
+//! one `MSET` (plus an `RPUSH` per priority), a dequeue one `LPOP`, one `MGET`, one `INCRBY`
+//! and one `ZADD`, and an ack one `ZMSCORE`, one `ZREM` and one `DEL`. The attempt count
+//! lives in the ready entry and in `state`, which is written only when a delivery ends
+//! without an ack (nack or expired lease).
 //!
 //! # Waiting
 //!
@@ -61,6 +75,10 @@ const COMMON: &str = include_str!("common.lua");
 
 /// Jobs per enqueue script call: keeps each call (and Lua's argument stack) bounded.
 const ENQUEUE_CHUNK: usize = 500;
+/// Leases per ack script call, for the same reason.
+const ACK_CHUNK: usize = 1000;
+/// Most jobs one dequeue returns (a larger `max` gets this many).
+const DEQUEUE_MAX: usize = 1000;
 /// Delays promoted and leases reclaimed per script call.
 const PROMOTE_LIMIT: usize = 1000;
 
@@ -194,10 +212,7 @@ impl RedisQueue {
 
     fn base(&self, queue: &str) -> Result<String, QueueError> {
         if queue.is_empty() || queue.contains(['{', '}']) {
-            return Err(QueueError::InvalidQueueName {
-                name: queue.to_owned(),
-                reason: "must be non-empty and contain no '{' or '}' (they delimit the Redis Cluster hash tag)".to_owned(),
-            });
+            return Err(invalid_name(queue));
         }
         Ok(format!("{}:{{{}}}:", self.config.key_prefix, queue))
     }
@@ -235,40 +250,51 @@ impl RedisQueue {
         let started = tokio::time::Instant::now();
         let lease_ms = millis(lease).max(1);
         let script = &self.scripts.dequeue;
-        let dead_max = self.config.dead_letter_max;
+        let mut cmd = evalsha(script, base);
+        cmd.arg(max.min(DEQUEUE_MAX))
+            .arg(lease_ms)
+            .arg(self.config.dead_letter_max)
+            .arg(PROMOTE_LIMIT);
+        let cmd = &cmd;
         let reply: Value = self
             .run("dequeue", |mut conn, _| async move {
-                script
-                    .key(base)
-                    .arg(max)
-                    .arg(lease_ms)
-                    .arg(dead_max)
-                    .arg(PROMOTE_LIMIT)
-                    .invoke_async(&mut conn)
-                    .await
+                eval(&mut conn, script, cmd).await
             })
             .await?;
         let items = array(reply)?;
-        let mut out = Vec::with_capacity(items.len() / 8);
+        let n = items.len().saturating_sub(1) / 4;
+        let mut out = Vec::with_capacity(n);
+        let mut items = items.into_iter();
+        let first_token = match items.next() {
+            Some(v) => int(&v)?,
+            None => return Ok(out),
+        };
         let queue = self.queue_name(base);
         let expires_at = started + lease;
-        for f in items.chunks_exact(8) {
-            let id = string(&f[0])?;
-            let headers = decode_headers(&bytes(&f[2])?)?;
-            let last_error = string(&f[7])?;
+        for k in 0..n {
+            let (Some(id), Some(job), Some(attempt), Some(last_error)) =
+                (items.next(), items.next(), items.next(), items.next())
+            else {
+                break;
+            };
+            let job = decode_job(into_bytes(job)?)?;
+            let last_error = match last_error {
+                Value::Nil => None,
+                v => Some(into_string(v)?).filter(|e| !e.is_empty()),
+            };
             out.push(Delivery {
                 lease: Lease {
                     queue: queue.clone(),
-                    job_id: JobId(id),
-                    token: int(&f[6])? as u64,
+                    job_id: JobId(into_string(id)?),
+                    token: (first_token + k as i64) as u64,
                     expires_at,
                 },
-                payload: Bytes::from(bytes(&f[1])?),
-                headers,
-                priority: int(&f[3])? as u8,
-                attempt: int(&f[4])? as u32,
-                max_attempts: int(&f[5])? as u32,
-                last_error: (!last_error.is_empty()).then_some(last_error),
+                payload: job.payload,
+                headers: job.headers,
+                priority: job.priority,
+                attempt: int(&attempt)? as u32,
+                max_attempts: job.max_attempts,
+                last_error,
             });
         }
         Ok(out)
@@ -311,72 +337,6 @@ impl RedisQueue {
             (next_due >= 0).then(|| Duration::from_millis(next_due as u64)),
         ))
     }
-
-    /// Acks several deliveries in one round trip; one result per lease, in order.
-    pub async fn ack_many(&self, leases: &[Lease]) -> Vec<Result<(), QueueError>> {
-        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, l) in leases.iter().enumerate() {
-            by_queue.entry(l.queue.as_str()).or_default().push(i);
-        }
-        let mut out: Vec<Option<Result<(), QueueError>>> =
-            (0..leases.len()).map(|_| None).collect();
-        for (queue, idx) in by_queue {
-            let base = match self.base(queue) {
-                Ok(b) => b,
-                Err(e) => {
-                    let msg = e.to_string();
-                    for i in idx {
-                        out[i] = Some(Err(QueueError::InvalidQueueName {
-                            name: queue.to_owned(),
-                            reason: msg.clone(),
-                        }));
-                    }
-                    continue;
-                }
-            };
-            let script = &self.scripts.ack;
-            let idx_ref = &idx;
-            let reply = self
-                .run("ack", |mut conn, repeat| {
-                    let base = base.clone();
-                    async move {
-                        let mut inv = script.key(base);
-                        for &i in idx_ref {
-                            inv.arg(leases[i].job_id.as_str()).arg(leases[i].token);
-                        }
-                        let codes: Vec<i64> = inv.invoke_async(&mut conn).await?;
-                        Ok((codes, repeat))
-                    }
-                })
-                .await;
-            match reply {
-                Ok((codes, repeat)) => {
-                    for (k, &i) in idx.iter().enumerate() {
-                        let code = codes.get(k).copied().unwrap_or(0);
-                        out[i] = Some(match code {
-                            1 => Ok(()),
-                            // Gone after a repeated call: our first try deleted it.
-                            -1 if repeat => Ok(()),
-                            _ => Err(lease_lost(&leases[i])),
-                        });
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    for i in idx {
-                        out[i] = Some(Err(QueueError::Backend {
-                            message: msg.clone(),
-                            retryable: true,
-                            source: None,
-                        }));
-                    }
-                }
-            }
-        }
-        out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(QueueError::backend_msg("ack result missing"))))
-            .collect()
-    }
 }
 
 #[async_trait]
@@ -399,35 +359,43 @@ impl TaskQueue for RedisQueue {
         for chunk in jobs.chunks(ENQUEUE_CHUNK) {
             // Ids are made here, once, so a retried call repeats the same ids.
             let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
-            let headers: Vec<String> = chunk
-                .iter()
-                .map(|j| encode_headers(&j.headers))
-                .collect::<Result<_, _>>()?;
+            let encoded: Vec<Vec<u8>> = chunk.iter().map(encode_job).collect::<Result<_, _>>()?;
             let script = &self.scripts.enqueue;
-            let (ids, headers, base) = (&ids, &headers, &base);
+            let (ids, encoded, base) = (&ids, &encoded, &base);
             let reply: Value = self
                 .run("enqueue", |mut conn, repeat| async move {
-                    let mut inv = script.key(base.as_str());
-                    inv.arg(window)
+                    let mut cmd = evalsha(script, base);
+                    cmd.arg(window)
                         .arg(chunk.len())
                         .arg(if repeat { "1" } else { "0" });
                     for (k, job) in chunk.iter().enumerate() {
-                        inv.arg(ids[k].as_str())
-                            .arg(job.payload.as_ref())
+                        cmd.arg(ids[k].as_str())
                             .arg(job.priority)
                             .arg(millis(job.delay))
-                            .arg(job.max_attempts)
                             .arg(job.idempotency_key.as_deref().unwrap_or(""))
-                            .arg(headers[k].as_str());
+                            .arg(encoded[k].as_slice());
                     }
-                    inv.invoke_async(&mut conn).await
+                    eval(&mut conn, script, &cmd).await
                 })
                 .await?;
+            let done = out.len();
+            out.extend(ids.iter().map(|id| Enqueued {
+                id: JobId(id.clone()),
+                duplicate: false,
+            }));
+            // The reply names only the duplicates: (index in the chunk, the existing id).
             for f in array(reply)?.chunks_exact(2) {
-                out.push(Enqueued {
-                    id: JobId(string(&f[0])?),
-                    duplicate: int(&f[1])? == 1,
-                });
+                let k = usize::try_from(int(&f[0])?).unwrap_or(usize::MAX);
+                let slot = out
+                    .get_mut(done + k)
+                    .filter(|_| k < chunk.len())
+                    .ok_or_else(|| {
+                        QueueError::backend_msg("enqueue script named a job out of range")
+                    })?;
+                *slot = Enqueued {
+                    id: JobId(string(&f[1])?),
+                    duplicate: true,
+                };
             }
         }
         Ok(out)
@@ -458,10 +426,56 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
-        self.ack_many(std::slice::from_ref(lease))
-            .await
+        self.ack_batch(std::slice::from_ref(lease))
+            .await?
             .pop()
             .unwrap_or_else(|| Err(QueueError::backend_msg("ack result missing")))
+    }
+
+    /// One script call per queue (per 1,000 leases): a `ZMSCORE` checks every lease, then
+    /// one `ZREM` and one `DEL` finish all the current ones. A call that still fails after
+    /// the retries fails the batch (`Err`); leases of queues done before it were acked.
+    async fn ack_batch(&self, leases: &[Lease]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, l) in leases.iter().enumerate() {
+            by_queue.entry(l.queue.as_str()).or_default().push(i);
+        }
+        let mut out: Vec<Option<Result<(), QueueError>>> =
+            (0..leases.len()).map(|_| None).collect();
+        for (queue, idx) in by_queue {
+            let Ok(base) = self.base(queue) else {
+                for i in idx {
+                    out[i] = Some(Err(invalid_name(queue)));
+                }
+                continue;
+            };
+            let script = &self.scripts.ack;
+            for chunk in idx.chunks(ACK_CHUNK) {
+                let mut cmd = evalsha(script, &base);
+                for &i in chunk {
+                    cmd.arg(leases[i].job_id.as_str()).arg(leases[i].token);
+                }
+                let cmd = &cmd;
+                let (codes, repeat) = self
+                    .run("ack", |mut conn, repeat| async move {
+                        let codes: Vec<i64> = eval(&mut conn, script, cmd).await?;
+                        Ok((codes, repeat))
+                    })
+                    .await?;
+                for (k, &i) in chunk.iter().enumerate() {
+                    out[i] = Some(match codes.get(k).copied().unwrap_or(0) {
+                        1 => Ok(()),
+                        // Gone after a repeated call: our first try deleted it.
+                        -1 if repeat => Ok(()),
+                        _ => Err(lease_lost(&leases[i])),
+                    });
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(QueueError::backend_msg("ack result missing"))))
+            .collect())
     }
 
     async fn nack(
@@ -476,20 +490,17 @@ impl TaskQueue for RedisQueue {
             Retry::DeadLetter => ("dead", Duration::ZERO),
         };
         let script = &self.scripts.nack;
-        let dead_max = self.config.dead_letter_max;
-        let base = &base;
+        let mut cmd = evalsha(script, &base);
+        cmd.arg(lease.job_id.as_str())
+            .arg(lease.token)
+            .arg(mode)
+            .arg(millis(delay))
+            .arg(reason)
+            .arg(self.config.dead_letter_max);
+        let cmd = &cmd;
         let (code, repeat): (i64, bool) = self
             .run("nack", |mut conn, repeat| async move {
-                let code: i64 = script
-                    .key(base.as_str())
-                    .arg(lease.job_id.as_str())
-                    .arg(lease.token)
-                    .arg(mode)
-                    .arg(millis(delay))
-                    .arg(reason)
-                    .arg(dead_max)
-                    .invoke_async(&mut conn)
-                    .await?;
+                let code: i64 = eval(&mut conn, script, cmd).await?;
                 Ok((code, repeat))
             })
             .await?;
@@ -510,17 +521,14 @@ impl TaskQueue for RedisQueue {
         let base = self.base(&lease.queue)?;
         let started = tokio::time::Instant::now();
         let script = &self.scripts.extend;
-        let ms = millis(lease_for).max(1);
-        let base = &base;
+        let mut cmd = evalsha(script, &base);
+        cmd.arg(lease.job_id.as_str())
+            .arg(lease.token)
+            .arg(millis(lease_for).max(1));
+        let cmd = &cmd;
         let code: i64 = self
             .run("extend_lease", |mut conn, _| async move {
-                script
-                    .key(base.as_str())
-                    .arg(lease.job_id.as_str())
-                    .arg(lease.token)
-                    .arg(ms)
-                    .invoke_async(&mut conn)
-                    .await
+                eval(&mut conn, script, cmd).await
             })
             .await?;
         if code == 1 {
@@ -550,15 +558,16 @@ impl TaskQueue for RedisQueue {
             })
             .await?;
         let mut out = Vec::new();
-        for f in array(reply)?.chunks_exact(7) {
-            let dead_at_ms = string(&f[6])?.parse::<u64>().unwrap_or(0);
+        for f in array(reply)?.chunks_exact(5) {
+            let dead_at_ms = string(&f[4])?.parse::<u64>().unwrap_or(0);
+            let job = decode_job(bytes(&f[1])?)?;
             out.push(DeadLetter {
                 job_id: JobId(string(&f[0])?),
-                payload: Bytes::from(bytes(&f[1])?),
-                headers: decode_headers(&bytes(&f[2])?)?,
-                priority: string(&f[3])?.parse().unwrap_or(0),
-                attempts: string(&f[4])?.parse().unwrap_or(0),
-                reason: string(&f[5])?,
+                payload: job.payload,
+                headers: job.headers,
+                priority: job.priority,
+                attempts: string(&f[2])?.parse().unwrap_or(0),
+                reason: string(&f[3])?,
                 dead_at: UNIX_EPOCH + Duration::from_millis(dead_at_ms),
             });
         }
@@ -587,6 +596,40 @@ impl TaskQueue for RedisQueue {
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
         let base = self.base(queue)?;
         Ok(self.stats_raw(&base).await?.0)
+    }
+}
+
+/// `EVALSHA <script> 1 <base>`; add the arguments, then run it with [`eval`]. Built
+/// directly as one command buffer rather than through `redis::ScriptInvocation`, which
+/// holds every argument in a vector of its own and copies them all again per call.
+fn evalsha(script: &redis::Script, base: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(1).arg(base);
+    cmd
+}
+
+/// Runs an [`evalsha`] command; when the server does not know the script (restarted,
+/// `SCRIPT FLUSH`), loads it and runs the command again.
+async fn eval<T: redis::FromRedisValue>(
+    conn: &mut ConnectionManager,
+    script: &redis::Script,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+fn invalid_name(queue: &str) -> QueueError {
+    QueueError::InvalidQueueName {
+        name: queue.to_owned(),
+        reason:
+            "must be non-empty and contain no '{' or '}' (they delimit the Redis Cluster hash tag)"
+                .to_owned(),
     }
 }
 
@@ -628,6 +671,53 @@ fn encode_headers(headers: &BTreeMap<String, String>) -> Result<String, QueueErr
     serde_json::to_string(headers).map_err(|e| QueueError::InvalidJob(format!("headers: {e}")))
 }
 
+/// A job as stored: `<priority>,<max_attempts>,<headers length>;`, the headers (JSON,
+/// empty when there are none), then the payload.
+fn encode_job(job: &NewJob) -> Result<Vec<u8>, QueueError> {
+    let headers = encode_headers(&job.headers)?;
+    let head = format!("{},{},{};", job.priority, job.max_attempts, headers.len());
+    let mut out = Vec::with_capacity(head.len() + headers.len() + job.payload.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(headers.as_bytes());
+    out.extend_from_slice(&job.payload);
+    Ok(out)
+}
+
+/// What [`decode_job`] reads back.
+struct StoredJob {
+    priority: u8,
+    max_attempts: u32,
+    headers: BTreeMap<String, String>,
+    payload: Bytes,
+}
+
+fn decode_job(raw: Vec<u8>) -> Result<StoredJob, QueueError> {
+    let bad = || QueueError::backend_msg("stored job has no valid header");
+    let end = raw
+        .iter()
+        .take(64)
+        .position(|&b| b == b';')
+        .ok_or_else(bad)?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad())?;
+    let mut fields = head.split(',').map(|f| f.parse::<u64>().map_err(|_| bad()));
+    let (Some(priority), Some(max_attempts), Some(headers_len), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(bad());
+    };
+    let headers_end = (end + 1)
+        .checked_add(usize::try_from(headers_len?).map_err(|_| bad())?)
+        .filter(|&e| e <= raw.len())
+        .ok_or_else(bad)?;
+    let headers = decode_headers(&raw[end + 1..headers_end])?;
+    Ok(StoredJob {
+        priority: u8::try_from(priority?).map_err(|_| bad())?,
+        max_attempts: u32::try_from(max_attempts?).map_err(|_| bad())?,
+        headers,
+        payload: Bytes::from(raw).slice(headers_end..),
+    })
+}
+
 fn decode_headers(raw: &[u8]) -> Result<BTreeMap<String, String>, QueueError> {
     if raw.is_empty() {
         return Ok(BTreeMap::new());
@@ -656,6 +746,18 @@ fn bytes(v: &Value) -> Result<Vec<u8>, QueueError> {
             "unexpected field in script reply: {other:?}"
         ))),
     }
+}
+
+fn into_bytes(v: Value) -> Result<Vec<u8>, QueueError> {
+    match v {
+        Value::BulkString(b) => Ok(b),
+        other => bytes(&other),
+    }
+}
+
+fn into_string(v: Value) -> Result<String, QueueError> {
+    String::from_utf8(into_bytes(v)?)
+        .map_err(|e| QueueError::backend_msg(format!("non-UTF-8 field in script reply: {e}")))
 }
 
 fn string(v: &Value) -> Result<String, QueueError> {

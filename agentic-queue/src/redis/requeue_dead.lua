@@ -3,12 +3,13 @@
 local moved = 0
 for _, id in ipairs(ARGV) do
   if redis.call('LREM', DEAD, 1, id) > 0 then
-    local jk = job_key(id)
-    local p = redis.call('HGET', jk, 'priority')
+    local p = job_head(id)
     if p then
-      redis.call('HSET', jk, 'attempts', 0)
-      redis.call('HDEL', jk, 'reason', 'dead_at')
-      redis.call('RPUSH', ready_key(p), id)
+      local sk = state_key(id)
+      redis.call('HSET', sk, 'attempts', 0)
+      redis.call('HDEL', sk, 'reason', 'dead_at')
+      -- With attempts, so the next delivery reads the kept last_error.
+      redis.call('RPUSH', ready_key(p), id .. ':0')
       moved = moved + 1
     end
   end
