@@ -9,7 +9,12 @@
 //! at once; a job counts when it is acked. Raw: pipelined `LPUSH`, `LMOVE` to a processing
 //! list, `LREM` from it (the minimal reliable-queue pattern). Store: `OPS` operations from
 //! `CLIENTS` concurrent tasks for get, put and compare-and-set, against raw `GET`/`SET`.
-//! `AGENTIC_BENCH_JOBS` overrides the job count.
+//! `AGENTIC_BENCH_JOBS` overrides the job count (default 100,000); `AGENTIC_BENCH_ROUNDS`
+//! the number of rounds (default 3). Each round runs ours and raw back to back (queue, then
+//! get, put and CAS beside GET and SET), so a round's ratio compares the two under the same
+//! neighbours' load on a shared machine; printed are each round's figures, and the median
+//! of the per-round ratios, which a single noisy round cannot move. `AGENTIC_BENCH_PART`
+//! `queue` or `store` runs only that half (for profiling one side).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -35,6 +40,12 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
+    let rounds: usize = std::env::var("AGENTIC_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let part = std::env::var("AGENTIC_BENCH_PART").unwrap_or_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,13 +55,6 @@ fn main() {
         // Warm up both paths once (connections, script cache).
         queue_ours(&url, &prefix, 2_000).await;
         queue_raw(&url, &prefix, 2_000).await;
-        let ours = queue_ours(&url, &prefix, jobs).await;
-        let raw = queue_raw(&url, &prefix, jobs).await;
-        println!("redis queue, {jobs} jobs, {PAYLOAD} B payloads, batches of {BATCH}, {CONSUMERS} consumers:");
-        println!("  RedisQueue enqueue+dequeue+ack : {ours:>9.0} jobs/s");
-        println!("  raw LPUSH + LMOVE + LREM       : {raw:>9.0} jobs/s");
-        println!("  ratio                          : {:.2}x (target >= 0.50x)", ours / raw);
-
         let store = RedisStore::connect_with(RedisStoreConfig::new(&url).key_prefix(&prefix).namespace("bench"))
             .await
             .unwrap();
@@ -61,62 +65,37 @@ fn main() {
         for i in 0..CLIENTS * 8 {
             store.put(&format!("k{i}"), value.clone(), PutOptions::new()).await.unwrap();
         }
-        let st = Arc::clone(&store);
-        let get = rate(move |i| {
-            let s = Arc::clone(&st);
-            async move {
-                s.get(&format!("k{}", i % (CLIENTS * 8))).await.unwrap();
+        // Per round: [queue ours, queue raw, get, raw get, put, raw set, cas].
+        let mut figures: Vec<[f64; 7]> = Vec::new();
+        for _ in 0..rounds {
+            let (mut ours, mut raw) = (f64::NAN, f64::NAN);
+            if part != "store" {
+                ours = queue_ours(&url, &prefix, jobs).await;
+                raw = queue_raw(&url, &prefix, jobs).await;
             }
-        })
-        .await;
-        let (st, val) = (Arc::clone(&store), value.clone());
-        let put = rate(move |i| {
-            let (s, v) = (Arc::clone(&st), val.clone());
-            async move {
-                s.put(&format!("k{}", i % (CLIENTS * 8)), v, PutOptions::new()).await.unwrap();
+            let (mut get, mut raw_get, mut put, mut raw_set, mut cas) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+            if part != "queue" {
+                (get, raw_get, put, raw_set, cas) = store_round(&store, &raw_conn, &prefix, &value).await;
             }
-        })
-        .await;
-        // Compare-and-set on a key per client, so every CAS succeeds (a conflict is not work).
-        let (st, val) = (Arc::clone(&store), value.clone());
-        let cas = rate(move |i| {
-            let (s, v) = (Arc::clone(&st), val.clone());
-            async move {
-                let key = format!("cas{}", i % CLIENTS);
-                loop {
-                    let expect = match s.get(&key).await.unwrap() {
-                        Some(cur) => Expect::Version(cur.version),
-                        None => Expect::Absent,
-                    };
-                    match s.put(&key, v.clone(), PutOptions::new().expect(expect)).await {
-                        Ok(_) => break,
-                        Err(e) if e.is_conflict() => continue,
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-            }
-        })
-        .await;
-        let (rc, pf) = (raw_conn.clone(), prefix.clone());
-        let raw_get = rate(move |i| {
-            let (mut c, p) = (rc.clone(), pf.clone());
-            async move {
-                let _: Option<Vec<u8>> = redis::cmd("GET").arg(format!("{p}:raw:k{}", i % (CLIENTS * 8))).query_async(&mut c).await.unwrap();
-            }
-        })
-        .await;
-        let (rc, pf, val) = (raw_conn.clone(), prefix.clone(), value.clone());
-        let raw_set = rate(move |i| {
-            let (mut c, p, v) = (rc.clone(), pf.clone(), val.clone());
-            async move {
-                let _: () = redis::cmd("SET").arg(format!("{p}:raw:k{}", i % (CLIENTS * 8))).arg(v).query_async(&mut c).await.unwrap();
-            }
-        })
-        .await;
-        println!("redis store, {OPS} ops from {CLIENTS} concurrent clients, {PAYLOAD} B values:");
-        println!("  RedisStore get : {get:>9.0} ops/s   raw GET {raw_get:>9.0} ops/s   ratio {:.2}x (target >= 0.70x)", get / raw_get);
-        println!("  RedisStore put : {put:>9.0} ops/s   raw SET {raw_set:>9.0} ops/s   ratio {:.2}x (target >= 0.70x)", put / raw_set);
-        println!("  RedisStore CAS (get + conditional put): {cas:>9.0} ops/s   vs raw GET+SET {:>9.0} ops/s   ratio {:.2}x", 1.0 / (1.0 / raw_get + 1.0 / raw_set), cas * (1.0 / raw_get + 1.0 / raw_set));
+            figures.push([ours, raw, get, raw_get, put, raw_set, cas]);
+        }
+        let col = |i: usize| figures.iter().map(|f| f[i]).collect::<Vec<_>>();
+        let ratio = |a: usize, b: usize| figures.iter().map(|f| f[a] / f[b]).collect::<Vec<_>>();
+        let cas_ratio = figures
+            .iter()
+            .map(|f| f[6] * (1.0 / f[3] + 1.0 / f[5]))
+            .collect::<Vec<_>>();
+        println!("redis queue, {jobs} jobs x {rounds} rounds, {PAYLOAD} B payloads, batches of {BATCH}, {CONSUMERS} consumers:");
+        println!("  RedisQueue enqueue+dequeue+ack : {} jobs/s", rates(&col(0)));
+        println!("  raw LPUSH + LMOVE + LREM       : {} jobs/s", rates(&col(1)));
+        println!("  ratio, median of rounds        : {} (target >= 0.50x)", ratios(&ratio(0, 1)));
+        println!("redis store, {OPS} ops from {CLIENTS} concurrent clients x {rounds} rounds, {PAYLOAD} B values:");
+        println!("  RedisStore get : {} ops/s   raw GET {} ops/s", rates(&col(2)), rates(&col(3)));
+        println!("                   ratio {} (target >= 0.70x)", ratios(&ratio(2, 3)));
+        println!("  RedisStore put : {} ops/s   raw SET {} ops/s", rates(&col(4)), rates(&col(5)));
+        println!("                   ratio {} (target >= 0.70x)", ratios(&ratio(4, 5)));
+        println!("  RedisStore CAS (get + conditional put): {} ops/s", rates(&col(6)));
+        println!("                   vs raw GET+SET ratio {} (target >= 0.70x)", ratios(&cas_ratio));
 
         // Leave nothing behind.
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
@@ -125,6 +104,113 @@ fn main() {
             let _: i64 = redis::cmd("DEL").arg(chunk).query_async(&mut c).await.unwrap();
         }
     });
+}
+
+/// `"<median> (rounds: a, b, c)"` of rates.
+fn rates(v: &[f64]) -> String {
+    format!(
+        "{:>7.0} (rounds: {})",
+        median(v),
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// `"<median>x (rounds: a, b, c)"` of ratios.
+fn ratios(v: &[f64]) -> String {
+    format!(
+        "{:.2}x (rounds: {})",
+        median(v),
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One round of the store: get, raw GET, put, raw SET, CAS (ops/s each).
+async fn store_round(
+    store: &Arc<RedisStore>,
+    raw_conn: &redis::aio::MultiplexedConnection,
+    prefix: &str,
+    value: &[u8],
+) -> (f64, f64, f64, f64, f64) {
+    let value = value.to_vec();
+    let st = Arc::clone(store);
+    let get = rate(move |i| {
+        let s = Arc::clone(&st);
+        async move {
+            s.get(&format!("k{}", i % (CLIENTS * 8))).await.unwrap();
+        }
+    })
+    .await;
+    let (rc, pf) = (raw_conn.clone(), prefix.to_owned());
+    let raw_get = rate(move |i| {
+        let (mut c, p) = (rc.clone(), pf.clone());
+        async move {
+            let _: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(format!("{p}:raw:k{}", i % (CLIENTS * 8)))
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let (st, val) = (Arc::clone(store), value.clone());
+    let put = rate(move |i| {
+        let (s, v) = (Arc::clone(&st), val.clone());
+        async move {
+            s.put(&format!("k{}", i % (CLIENTS * 8)), v, PutOptions::new())
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let (rc, pf, val) = (raw_conn.clone(), prefix.to_owned(), value.clone());
+    let raw_set = rate(move |i| {
+        let (mut c, p, v) = (rc.clone(), pf.clone(), val.clone());
+        async move {
+            let _: () = redis::cmd("SET")
+                .arg(format!("{p}:raw:k{}", i % (CLIENTS * 8)))
+                .arg(v)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    // Compare-and-set on a key per client, so every CAS succeeds (a conflict is not work).
+    let (st, val) = (Arc::clone(store), value.clone());
+    let cas = rate(move |i| {
+        let (s, v) = (Arc::clone(&st), val.clone());
+        async move {
+            let key = format!("cas{}", i % CLIENTS);
+            loop {
+                let expect = match s.get(&key).await.unwrap() {
+                    Some(cur) => Expect::Version(cur.version),
+                    None => Expect::Absent,
+                };
+                match s
+                    .put(&key, v.clone(), PutOptions::new().expect(expect))
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) if e.is_conflict() => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    })
+    .await;
+    (get, raw_get, put, raw_set, cas)
 }
 
 /// Operations per second of `op(i)` for `OPS` operations from `CLIENTS` concurrent tasks.
@@ -190,7 +276,7 @@ async fn queue_ours(url: &str, prefix: &str, jobs: usize) -> f64 {
                         .await
                         .unwrap();
                     let leases: Vec<_> = got.iter().map(|d| d.lease.clone()).collect();
-                    for r in queue.ack_many(&leases).await {
+                    for r in queue.ack_batch(&leases).await.unwrap() {
                         r.unwrap();
                     }
                     done.fetch_add(got.len(), Ordering::Relaxed);
