@@ -201,10 +201,21 @@ pub fn request_key(provider: &str, request: &ChatRequest) -> u128 {
     hasher.write(&[0]);
     let view = KeyView::of(request);
     if maps_are_sorted() {
-        // Straight into the hasher: no tree, no buffer.
-        if let Err(e) = serde_json::to_writer(&mut hasher, &view) {
-            hasher.write(e.to_string().as_bytes());
-        }
+        // Serialized into a buffer kept per thread, then hashed in one pass: serde_json
+        // writes in many small pieces, and hashing each as it comes cost about twice as
+        // much as this (measured with callgrind). No tree, and no allocation once the
+        // buffer has grown.
+        KEY_BUFFER.with_borrow_mut(|buffer| {
+            buffer.clear();
+            match serde_json::to_writer(&mut *buffer, &view) {
+                Ok(()) => hasher.write(buffer),
+                Err(e) => hasher.write(e.to_string().as_bytes()),
+            }
+            // A huge request does not pin its memory in the thread for good.
+            if buffer.capacity() > MAX_KEPT_BUFFER {
+                *buffer = Vec::new();
+            }
+        });
     } else {
         match serde_json::to_value(&view) {
             Ok(value) => hash_value(&mut hasher, &value),
@@ -213,6 +224,14 @@ pub fn request_key(provider: &str, request: &ChatRequest) -> u128 {
     }
     hasher.finish()
 }
+
+thread_local! {
+    /// The request's JSON while its key is computed.
+    static KEY_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest key buffer a thread keeps between calls.
+const MAX_KEPT_BUFFER: usize = 64 * 1024;
 
 /// The request without its metadata. Built by an exhaustive destructuring, so a new field of
 /// [`ChatRequest`] does not compile until it is decided whether it belongs in the key.
@@ -302,17 +321,6 @@ impl Fnv128 {
 
     fn finish(&self) -> u128 {
         self.0
-    }
-}
-
-impl std::io::Write for Fnv128 {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        Fnv128::write(self, bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

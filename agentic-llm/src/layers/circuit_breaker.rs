@@ -175,14 +175,17 @@ impl<P: LlmProvider> CircuitBreaker<P> {
 
     fn admit(&self) -> Result<Ticket, LlmError> {
         let mut breaker = lock(&self.state);
-        let now = Instant::now();
         match breaker.mode {
+            // The common case reads no clock.
             Mode::Closed => Ok(Ticket::Normal),
-            Mode::Open { until } if now < until => Err(LlmError::CircuitOpen {
-                provider: self.inner.name().to_owned(),
-                retry_after: Some(until - now),
-            }),
-            Mode::Open { .. } => {
+            Mode::Open { until } => {
+                let now = Instant::now();
+                if now < until {
+                    return Err(LlmError::CircuitOpen {
+                        provider: self.inner.name().to_owned(),
+                        retry_after: Some(until - now),
+                    });
+                }
                 breaker.mode = Mode::HalfOpen { probes: 1 };
                 Ok(Ticket::Probe)
             }

@@ -75,7 +75,10 @@ impl ModelPrice {
 /// added.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PriceTable {
-    prices: BTreeMap<String, ModelPrice>,
+    // A hash map, not a tree: a meter looks a model up after every call, when the caches
+    // are cold from the network wait, and a tree lookup compares the name against a
+    // string behind a pointer at every level.
+    prices: HashMap<String, ModelPrice>,
 }
 
 impl PriceTable {
@@ -142,9 +145,11 @@ impl PriceTable {
             .max_by(|a, b| a.output.total_cmp(&b.output))
     }
 
-    /// The models listed.
+    /// The models listed, in alphabetical order.
     pub fn models(&self) -> impl Iterator<Item = &str> {
-        self.prices.keys().map(String::as_str)
+        let mut models: Vec<&str> = self.prices.keys().map(String::as_str).collect();
+        models.sort_unstable();
+        models.into_iter()
     }
 }
 
@@ -179,8 +184,11 @@ pub enum UnknownModel {
     Refuse,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Account {
+    /// The tag, for the refusal's message.
+    key: String,
+    value: String,
     limit: f64,
     spent: f64,
     reserved: f64,
@@ -200,14 +208,27 @@ struct Account {
 #[derive(Debug, Clone, Default)]
 pub struct Budgets {
     // A std `Mutex`: reservations and settlements are a few additions, never across an
-    // `.await`. Keyed tag name, then tag value, so lookups by `&str` allocate nothing.
+    // `.await`.
     accounts: Arc<Mutex<Accounts>>,
 }
 
-type Accounts = HashMap<String, HashMap<String, Account>>;
+/// The accounts, and where each tag's is. Accounts are never removed, so a call holds the
+/// indices of its accounts from admission to settlement: no tag is copied or hashed again.
+#[derive(Debug, Default)]
+struct Accounts {
+    list: Vec<Account>,
+    /// Keyed tag name, then tag value, so lookups by `&str` allocate nothing.
+    index: HashMap<String, HashMap<String, usize>>,
+}
 
-fn account<'a>(accounts: &'a mut Accounts, key: &str, value: &str) -> Option<&'a mut Account> {
-    accounts.get_mut(key)?.get_mut(value)
+impl Accounts {
+    fn find(&self, key: &str, value: &str) -> Option<usize> {
+        self.index.get(key)?.get(value).copied()
+    }
+
+    fn get(&self, key: &str, value: &str) -> Option<&Account> {
+        self.find(key, value).and_then(|i| self.list.get(i))
+    }
 }
 
 impl Budgets {
@@ -218,55 +239,72 @@ impl Budgets {
 
     /// Sets the limit of tag `key = value` to `limit_usd` (what was spent is kept).
     pub fn set(&self, key: &str, value: &str, limit_usd: f64) {
-        self.lock()
+        let mut guard = self.lock();
+        let accounts = &mut *guard;
+        if let Some(account) = accounts
+            .find(key, value)
+            .and_then(|i| accounts.list.get_mut(i))
+        {
+            account.limit = limit_usd;
+            return;
+        }
+        accounts
+            .index
             .entry(key.to_owned())
             .or_default()
-            .entry(value.to_owned())
-            .or_default()
-            .limit = limit_usd;
+            .insert(value.to_owned(), accounts.list.len());
+        accounts.list.push(Account {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            limit: limit_usd,
+            spent: 0.0,
+            reserved: 0.0,
+        });
     }
 
     /// What tag `key = value` spent so far (0 without a budget).
     pub fn spent(&self, key: &str, value: &str) -> f64 {
-        account(&mut self.lock(), key, value).map_or(0.0, |a| a.spent)
+        self.lock().get(key, value).map_or(0.0, |a| a.spent)
     }
 
     /// What is left of the budget of tag `key = value` (calls in flight not counted), or
     /// `None` when it has none.
     pub fn remaining(&self, key: &str, value: &str) -> Option<f64> {
-        account(&mut self.lock(), key, value).map(|a| a.limit - a.spent)
+        self.lock().get(key, value).map(|a| a.limit - a.spent)
     }
 
     fn lock(&self) -> MutexGuard<'_, Accounts> {
         self.accounts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The budgets a request draws from.
-    fn applicable(&self, tags: &BTreeMap<String, String>) -> Vec<(String, String)> {
-        let mut accounts = self.lock();
+    /// The accounts a request draws from.
+    fn applicable(&self, tags: &BTreeMap<String, String>) -> Vec<usize> {
+        if tags.is_empty() {
+            return Vec::new();
+        }
+        let accounts = self.lock();
         tags.iter()
-            .filter(|(k, v)| account(&mut accounts, k, v).is_some())
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter_map(|(k, v)| accounts.find(k, v))
             .collect()
     }
 
-    /// Reserves `worst` on every budget in `keys`, or none if one has too little left.
-    fn reserve(&self, keys: &[(String, String)], worst: f64) -> Result<(), String> {
-        let mut accounts = self.lock();
-        for (key, value) in keys {
-            if let Some(account) = account(&mut accounts, key, value) {
-                let left = account.limit - account.spent - account.reserved;
-                if worst > left {
-                    return Err(format!(
-                        "{key}={value}: this call may cost up to ${worst:.6}, but only ${:.6} of ${:.6} is left",
-                        left.max(0.0),
-                        account.limit
-                    ));
-                }
+    /// Reserves `worst` on every account in `accounts`, or none if one has too little left.
+    fn reserve(&self, accounts: &[usize], worst: f64) -> Result<(), String> {
+        let mut guard = self.lock();
+        for account in accounts.iter().filter_map(|&i| guard.list.get(i)) {
+            let left = account.limit - account.spent - account.reserved;
+            if worst > left {
+                return Err(format!(
+                    "{}={}: this call may cost up to ${worst:.6}, but only ${:.6} of ${:.6} is left",
+                    account.key,
+                    account.value,
+                    left.max(0.0),
+                    account.limit
+                ));
             }
         }
-        for (key, value) in keys {
-            if let Some(account) = account(&mut accounts, key, value) {
+        for &i in accounts {
+            if let Some(account) = guard.list.get_mut(i) {
                 account.reserved += worst;
             }
         }
@@ -274,10 +312,10 @@ impl Budgets {
     }
 
     /// Replaces a reservation by what the call cost.
-    fn settle(&self, keys: &[(String, String)], reserved: f64, cost: f64) {
-        let mut accounts = self.lock();
-        for (key, value) in keys {
-            if let Some(account) = account(&mut accounts, key, value) {
+    fn settle(&self, accounts: &[usize], reserved: f64, cost: f64) {
+        let mut guard = self.lock();
+        for &i in accounts {
+            if let Some(account) = guard.list.get_mut(i) {
                 account.reserved = (account.reserved - reserved).max(0.0);
                 account.spent += cost;
             }
@@ -364,61 +402,72 @@ impl<P: LlmProvider> CostMeter<P> {
 
 impl Meter {
     fn price(&self, model: Option<&str>) -> Option<ModelPrice> {
-        let known = model.and_then(|m| self.prices.price(m));
-        known.or(match self.unknown {
-            UnknownModel::MostExpensive => self.prices.most_expensive(),
-            UnknownModel::Free => Some(ModelPrice::default()),
-            UnknownModel::Refuse => None,
-        })
+        // Lazily: the fallback scans the table.
+        model
+            .and_then(|m| self.prices.price(m))
+            .or_else(|| match self.unknown {
+                UnknownModel::MostExpensive => self.prices.most_expensive(),
+                UnknownModel::Free => Some(ModelPrice::default()),
+                UnknownModel::Refuse => None,
+            })
     }
 
     /// Checks the budgets and reserves the worst case.
     fn admit(&self, request: &ChatRequest) -> Result<Admission, LlmError> {
-        let keys = self.budgets.applicable(&request.metadata.tags);
-        let request_model = request.model.clone().or_else(|| self.default_model.clone());
-        if keys.is_empty() {
+        let accounts = self.budgets.applicable(&request.metadata.tags);
+        let request_model = request.model.as_deref().or(self.default_model.as_deref());
+        // The requested model's price is kept for an answer that names no model, so the
+        // name need not be.
+        let request_price = self.price(request_model);
+        if accounts.is_empty() {
             return Ok(Admission {
-                keys,
+                accounts,
                 reserved: 0.0,
-                request_model,
+                request_price,
             });
         }
-        let price = self.price(request_model.as_deref()).ok_or_else(|| {
+        let price = request_price.ok_or_else(|| {
             LlmError::BudgetExceeded(format!(
                 "no price for model {}: the worst case of a call on a budget cannot be known",
-                request_model.as_deref().unwrap_or("(provider default)")
+                request_model.unwrap_or("(provider default)")
             ))
         })?;
         let worst = worst_case(request, &price);
         self.budgets
-            .reserve(&keys, worst)
+            .reserve(&accounts, worst)
             .map_err(LlmError::BudgetExceeded)?;
         Ok(Admission {
-            keys,
+            accounts,
             reserved: worst,
-            request_model,
+            request_price,
         })
     }
 
-    /// Prices what a call used (the answering model first, else the requested one), charges
-    /// it, and releases the reservation.
+    /// Prices what a call used (at the answering model's price, else the requested one's),
+    /// charges it, and releases the reservation.
     fn settle(&self, admission: &Admission, model: &str, usage: Option<&Usage>) -> Option<Cost> {
-        let model = Some(model)
-            .filter(|m| !m.is_empty())
-            .or(admission.request_model.as_deref());
-        let cost = usage.and_then(|usage| self.price(model).map(|p| p.cost(usage)));
+        let cost = usage.and_then(|usage| {
+            let price = if model.is_empty() {
+                admission.request_price
+            } else {
+                self.price(Some(model))
+            };
+            price.map(|p| p.cost(usage))
+        });
         let usd = cost.map_or(0.0, |c| c.usd);
         self.budgets
-            .settle(&admission.keys, admission.reserved, usd);
+            .settle(&admission.accounts, admission.reserved, usd);
         *self.total.lock().unwrap_or_else(PoisonError::into_inner) += usd;
         cost
     }
 }
 
 struct Admission {
-    keys: Vec<(String, String)>,
+    /// Indices of the budgets' accounts the call draws from.
+    accounts: Vec<usize>,
     reserved: f64,
-    request_model: Option<String>,
+    /// The price of the requested model (or of the unknown-model policy).
+    request_price: Option<ModelPrice>,
 }
 
 /// The most a request can cost at `price`.

@@ -113,19 +113,24 @@ impl Router {
         self
     }
 
-    /// The routes a request may take, in order.
-    fn routes_for(&self, request: &ChatRequest) -> Result<Vec<&Route>, LlmError> {
+    /// The routes a request may take, in order, and how many there are (counted first, so
+    /// that the last can be given the request itself; no list is built per call).
+    fn routes_for<'a>(
+        &'a self,
+        request: &ChatRequest,
+    ) -> Result<(impl Iterator<Item = &'a Route> + use<'a>, usize), LlmError> {
         let chain = request
             .metadata
             .tier
             .as_ref()
             .and_then(|tier| self.tiers.get(tier))
             .unwrap_or(&self.chain);
-        let routes: Vec<&Route> = chain
+        let sensitive = request.metadata.sensitive;
+        let routes = chain
             .iter()
-            .filter(|r| !request.metadata.sensitive || r.provider.capabilities().local)
-            .collect();
-        if routes.is_empty() {
+            .filter(move |r| !sensitive || r.provider.capabilities().local);
+        let count = routes.clone().count();
+        if count == 0 {
             return Err(LlmError::NoProvider(if request.metadata.sensitive {
                 format!(
                     "{}: the request is marked sensitive and no local provider is configured for it",
@@ -135,21 +140,20 @@ impl Router {
                 format!("{}: no route for this request", self.name)
             }));
         }
-        Ok(routes)
+        Ok((routes, count))
     }
 
     /// Tries `call` on each route until one succeeds or fails for good.
-    async fn run<T, F, Fut>(&self, request: ChatRequest, call: F) -> Result<T, LlmError>
+    async fn run<'a, T, F, Fut>(&'a self, request: ChatRequest, call: F) -> Result<T, LlmError>
     where
-        F: Fn(Arc<dyn LlmProvider>, ChatRequest) -> Fut + Send + Sync,
+        F: Fn(&'a dyn LlmProvider, ChatRequest) -> Fut + Send + Sync,
         Fut: std::future::Future<Output = Result<T, LlmError>> + Send,
         T: Send,
     {
-        let routes = self.routes_for(&request)?;
-        let count = routes.len();
+        let (routes, count) = self.routes_for(&request)?;
         let mut last = None;
         let mut request = Some(request);
-        for (i, route) in routes.into_iter().enumerate() {
+        for (i, route) in routes.enumerate() {
             // The last route may have the request itself; the others get a copy, since a
             // fallback needs the original.
             let mut attempt = if i + 1 == count {
@@ -161,7 +165,7 @@ impl Router {
             if let Some(model) = &route.model {
                 attempt.model = Some(model.clone());
             }
-            match call(Arc::clone(&route.provider), attempt).await {
+            match call(route.provider.as_ref(), attempt).await {
                 Ok(value) => return Ok(value),
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(
