@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::decode::{FrameDecoder, Wire, frame_json};
+use crate::decode::{FrameDecoder, Wire, decoder_methods, frame_json};
 use crate::error::ErrorBody;
 use crate::http::{Endpoint, HttpOptions, encode, encode_value};
 use crate::sse::{SseEvent, SseParser};
@@ -608,7 +608,6 @@ pub struct StreamDecoder(FrameDecoder<Messages>);
 /// What the Messages API stream needs remembered between events.
 #[derive(Debug)]
 struct Messages {
-    provider: String,
     /// Usage reported so far: Anthropic's `message_delta` usage is a running total, ours an
     /// increment, so each delta is reported minus what was already counted.
     counted: Usage,
@@ -623,9 +622,9 @@ impl StreamDecoder {
     /// A decoder for one answer; `provider` names it in errors.
     pub fn new(provider: &str) -> Self {
         StreamDecoder(FrameDecoder::new(
+            provider,
             SseParser::new(),
             Messages {
-                provider: provider.to_owned(),
                 counted: Usage::default(),
                 skipped: Vec::new(),
                 structured: None,
@@ -634,44 +633,24 @@ impl StreamDecoder {
         ))
     }
 
-    /// Feeds the next bytes; decoded events are appended to `out` (also those before an
-    /// error). Bytes after `message_stop` are ignored.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        self.0.push(chunk, out)
-    }
-
-    /// The body ended: fails unless `message_stop` was seen.
-    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        self.0.finish(out)
-    }
-
-    /// True once `message_stop` was decoded (or an error ended the stream).
-    pub fn is_done(&self) -> bool {
-        self.0.is_done()
-    }
+    decoder_methods!("`message_stop`");
 }
 
 impl Wire for Messages {
     type Framing = SseParser;
     const TERMINAL: &'static str = "message_stop event";
 
-    fn provider(&self) -> &str {
-        &self.provider
-    }
-
     fn frame(
         &mut self,
+        provider: &str,
         frame: &SseEvent,
         out: &mut Vec<StreamEvent>,
         at_eof: bool,
     ) -> Result<bool, LlmError> {
-        let event: WireEvent = frame_json(
-            frame.data.as_bytes(),
-            &self.provider,
-            at_eof,
-            "event",
-            || format!("in `{}` event", frame.event_type()),
-        )?;
+        let event: WireEvent =
+            frame_json(frame.data.as_bytes(), provider, at_eof, "event", || {
+                format!("in `{}` event", frame.event_type())
+            })?;
         match event {
             WireEvent::MessageStart { message } => {
                 let usage = message.usage.to_usage();
@@ -794,7 +773,7 @@ impl Wire for Messages {
             WireEvent::Error { error } => {
                 let body = ErrorBody::from_json(&serde_json::json!({ "error": error }))
                     .unwrap_or_default();
-                return Err(LlmError::from_stream_error(&self.provider, &body));
+                return Err(LlmError::from_stream_error(provider, &body));
             }
         }
         Ok(false)

@@ -48,12 +48,11 @@ pub(crate) trait Wire: std::fmt::Debug + Send + 'static {
     type Framing: Framing;
     /// The terminal frame, as named in "stream ended early: no …".
     const TERMINAL: &'static str;
-    /// The provider's name, for errors.
-    fn provider(&self) -> &str;
-    /// Decodes one frame into `out`; `Ok(true)` when it was the terminal frame. `at_eof`:
-    /// the body ended right after this frame.
+    /// Decodes one frame into `out`; `Ok(true)` when it was the terminal frame. `provider`
+    /// names the provider in errors; `at_eof`: the body ended right after this frame.
     fn frame(
         &mut self,
+        provider: &str,
         frame: &<Self::Framing as Framing>::Frame,
         out: &mut Vec<StreamEvent>,
         at_eof: bool,
@@ -63,6 +62,7 @@ pub(crate) trait Wire: std::fmt::Debug + Send + 'static {
 /// A body decoded incrementally: feed it bytes as they arrive, in any chunking.
 #[derive(Debug)]
 pub(crate) struct FrameDecoder<W: Wire> {
+    provider: String,
     framing: W::Framing,
     /// Frames cut but not decoded yet; kept to reuse its allocation.
     frames: Vec<<W::Framing as Framing>::Frame>,
@@ -71,8 +71,10 @@ pub(crate) struct FrameDecoder<W: Wire> {
 }
 
 impl<W: Wire> FrameDecoder<W> {
-    pub(crate) fn new(framing: W::Framing, wire: W) -> Self {
+    /// A decoder for one answer; `provider` names it in errors.
+    pub(crate) fn new(provider: &str, framing: W::Framing, wire: W) -> Self {
         FrameDecoder {
+            provider: provider.to_owned(),
             framing,
             frames: Vec::new(),
             wire,
@@ -104,10 +106,7 @@ impl<W: Wire> FrameDecoder<W> {
         if self.done {
             Ok(())
         } else {
-            Err(ended_early(
-                self.wire.provider(),
-                &format!("no {}", W::TERMINAL),
-            ))
+            Err(ended_early(&self.provider, &format!("no {}", W::TERMINAL)))
         }
     }
 
@@ -122,7 +121,7 @@ impl<W: Wire> FrameDecoder<W> {
             if self.done {
                 break;
             }
-            match self.wire.frame(frame, out, at_eof) {
+            match self.wire.frame(&self.provider, frame, out, at_eof) {
                 Ok(terminal) => self.done = terminal,
                 // The first error ends the stream: what follows it cannot be trusted.
                 Err(error) => {
@@ -135,6 +134,29 @@ impl<W: Wire> FrameDecoder<W> {
         result
     }
 }
+
+/// The public methods of a provider's `StreamDecoder`, a newtype over a [`FrameDecoder`]:
+/// `push`, `finish` and `is_done`, documented with the name of the terminal frame.
+macro_rules! decoder_methods {
+    ($terminal:literal) => {
+        /// Feeds the next bytes; decoded events are appended to `out` (also those before an
+        #[doc = concat!("error). Bytes after ", $terminal, " are ignored.")]
+        pub fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
+            self.0.push(chunk, out)
+        }
+
+        #[doc = concat!("The body ended: fails unless ", $terminal, " was seen.")]
+        pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
+            self.0.finish(out)
+        }
+
+        #[doc = concat!("True once ", $terminal, " was decoded (or an error ended the stream).")]
+        pub fn is_done(&self) -> bool {
+            self.0.is_done()
+        }
+    };
+}
+pub(crate) use decoder_methods;
 
 /// Parses a frame's JSON. When it does not parse: at the very end of the body it is half a
 /// frame cut off with the connection (retryable "stream ended early: the last `unit` is

@@ -201,6 +201,46 @@ impl Endpoint {
     }
 }
 
+/// `LlmProvider` for an OpenAI-shaped provider type of the calling module: one with an
+/// `endpoint: Endpoint`, a `local: bool`, a `to_wire(&request, stream)` method, and a
+/// module-level `parse_response(bytes, provider)` and `StreamDecoder` (OpenAI, Ollama;
+/// Anthropic differs by its emulated structured output).
+#[cfg(any(feature = "openai", feature = "ollama"))]
+macro_rules! http_provider {
+    ($provider:ty) => {
+        #[async_trait]
+        impl LlmProvider for $provider {
+            fn name(&self) -> &str {
+                &self.endpoint.provider
+            }
+
+            fn capabilities(&self) -> ProviderCapabilities {
+                ProviderCapabilities {
+                    local: self.local,
+                    ..ProviderCapabilities::all_remote()
+                }
+            }
+
+            async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+                let body = crate::http::encode(&self.to_wire(&request, false)?)?;
+                let provider = &self.endpoint.provider;
+                self.endpoint
+                    .complete(body, |bytes| parse_response(bytes, provider))
+                    .await
+            }
+
+            async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+                let body = crate::http::encode(&self.to_wire(&request, true)?)?;
+                self.endpoint
+                    .stream(body, StreamDecoder::new(&self.endpoint.provider).0)
+                    .await
+            }
+        }
+    };
+}
+#[cfg(any(feature = "openai", feature = "ollama"))]
+pub(crate) use http_provider;
+
 /// Encodes a provider's wire request as the JSON bytes it sends.
 pub(crate) fn encode(wire: &impl serde::Serialize) -> Result<Vec<u8>, LlmError> {
     serde_json::to_vec(wire).map_err(|e| LlmError::Other(format!("encode: {e}")))

@@ -22,9 +22,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::decode::{Blocks, FrameDecoder, Wire, frame_json};
+use crate::decode::{Blocks, FrameDecoder, Wire, decoder_methods, frame_json};
 use crate::error::ErrorBody;
-use crate::http::{Endpoint, HttpOptions, encode, encode_value};
+use crate::http::{Endpoint, HttpOptions, encode_value, http_provider};
 use crate::ndjson::NdjsonSplitter;
 use crate::stream::{BlockStart, StreamEvent};
 use crate::{
@@ -228,34 +228,7 @@ impl OllamaProvider {
     }
 }
 
-#[async_trait]
-impl LlmProvider for OllamaProvider {
-    fn name(&self) -> &str {
-        &self.endpoint.provider
-    }
-
-    fn capabilities(&self) -> ProviderCapabilities {
-        ProviderCapabilities {
-            local: self.local,
-            ..ProviderCapabilities::all_remote()
-        }
-    }
-
-    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = encode(&self.to_wire(&request, false)?)?;
-        let provider = &self.endpoint.provider;
-        self.endpoint
-            .complete(body, |bytes| parse_response(bytes, provider))
-            .await
-    }
-
-    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let body = encode(&self.to_wire(&request, true)?)?;
-        self.endpoint
-            .stream(body, StreamDecoder::new(&self.endpoint.provider).0)
-            .await
-    }
-}
+http_provider!(OllamaProvider);
 
 // ---- request ------------------------------------------------------------------------------
 
@@ -580,7 +553,6 @@ pub struct StreamDecoder(FrameDecoder<Lines>);
 /// What the NDJSON stream needs remembered between lines.
 #[derive(Debug)]
 struct Lines {
-    provider: String,
     started: bool,
     blocks: Blocks,
     text: Option<usize>,
@@ -592,9 +564,9 @@ impl StreamDecoder {
     /// A decoder for one answer; `provider` names it in errors.
     pub fn new(provider: &str) -> Self {
         StreamDecoder(FrameDecoder::new(
+            provider,
             NdjsonSplitter::new(),
             Lines {
-                provider: provider.to_owned(),
                 started: false,
                 blocks: Blocks::default(),
                 text: None,
@@ -604,40 +576,22 @@ impl StreamDecoder {
         ))
     }
 
-    /// Feeds the next bytes; decoded events are appended to `out` (also those before an
-    /// error). Bytes after the `done` line are ignored.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        self.0.push(chunk, out)
-    }
-
-    /// The body ended: fails unless the `done: true` line was seen.
-    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        self.0.finish(out)
-    }
-
-    /// True once the `done: true` line was decoded (or an error ended the stream).
-    pub fn is_done(&self) -> bool {
-        self.0.is_done()
-    }
+    decoder_methods!("the `done: true` line");
 }
 
 impl Wire for Lines {
     type Framing = NdjsonSplitter;
     const TERMINAL: &'static str = "line with done: true";
 
-    fn provider(&self) -> &str {
-        &self.provider
-    }
-
     fn frame(
         &mut self,
+        provider: &str,
         line: &Vec<u8>,
         out: &mut Vec<StreamEvent>,
         at_eof: bool,
     ) -> Result<bool, LlmError> {
-        let line: WireLine =
-            frame_json(line, &self.provider, at_eof, "line", || "line".to_owned())?;
-        if let Some(error) = line_error(&self.provider, &line) {
+        let line: WireLine = frame_json(line, provider, at_eof, "line", || "line".to_owned())?;
+        if let Some(error) = line_error(provider, &line) {
             return Err(error);
         }
         if !self.started {

@@ -24,9 +24,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::decode::{Blocks, FrameDecoder, Wire, frame_json};
+use crate::decode::{Blocks, FrameDecoder, Wire, decoder_methods, frame_json};
 use crate::error::ErrorBody;
-use crate::http::{Endpoint, HttpOptions, encode, encode_value};
+use crate::http::{Endpoint, HttpOptions, encode_value, http_provider};
 use crate::sse::{SseEvent, SseParser};
 use crate::stream::{BlockStart, StreamEvent};
 use crate::{
@@ -307,34 +307,7 @@ impl OpenAiProvider {
     }
 }
 
-#[async_trait]
-impl LlmProvider for OpenAiProvider {
-    fn name(&self) -> &str {
-        &self.endpoint.provider
-    }
-
-    fn capabilities(&self) -> ProviderCapabilities {
-        ProviderCapabilities {
-            local: self.local,
-            ..ProviderCapabilities::all_remote()
-        }
-    }
-
-    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = encode(&self.to_wire(&request, false)?)?;
-        let provider = &self.endpoint.provider;
-        self.endpoint
-            .complete(body, |bytes| parse_response(bytes, provider))
-            .await
-    }
-
-    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let body = encode(&self.to_wire(&request, true)?)?;
-        self.endpoint
-            .stream(body, StreamDecoder::new(&self.endpoint.provider).0)
-            .await
-    }
-}
+http_provider!(OpenAiProvider);
 
 // ---- request ------------------------------------------------------------------------------
 
@@ -787,7 +760,6 @@ pub struct StreamDecoder(FrameDecoder<Chunks>);
 /// What the Chat Completions stream needs remembered between chunks.
 #[derive(Debug)]
 struct Chunks {
-    provider: String,
     started: bool,
     blocks: Blocks,
     text: Option<usize>,
@@ -801,9 +773,9 @@ impl StreamDecoder {
     /// A decoder for one answer; `provider` names it in errors.
     pub fn new(provider: &str) -> Self {
         StreamDecoder(FrameDecoder::new(
+            provider,
             SseParser::new(),
             Chunks {
-                provider: provider.to_owned(),
                 started: false,
                 blocks: Blocks::default(),
                 text: None,
@@ -814,33 +786,16 @@ impl StreamDecoder {
         ))
     }
 
-    /// Feeds the next bytes; decoded events are appended to `out` (also those before an
-    /// error). Bytes after `[DONE]` are ignored.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        self.0.push(chunk, out)
-    }
-
-    /// The body ended: fails unless `[DONE]` was seen.
-    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), LlmError> {
-        self.0.finish(out)
-    }
-
-    /// True once `[DONE]` was decoded (or an error ended the stream).
-    pub fn is_done(&self) -> bool {
-        self.0.is_done()
-    }
+    decoder_methods!("`[DONE]`");
 }
 
 impl Wire for Chunks {
     type Framing = SseParser;
     const TERMINAL: &'static str = "[DONE]";
 
-    fn provider(&self) -> &str {
-        &self.provider
-    }
-
     fn frame(
         &mut self,
+        provider: &str,
         frame: &SseEvent,
         out: &mut Vec<StreamEvent>,
         at_eof: bool,
@@ -851,14 +806,13 @@ impl Wire for Chunks {
             out.push(StreamEvent::MessageStop);
             return Ok(true);
         }
-        let chunk: WireChunk =
-            frame_json(data.as_bytes(), &self.provider, at_eof, "chunk", || {
-                "in a stream chunk".to_owned()
-            })?;
+        let chunk: WireChunk = frame_json(data.as_bytes(), provider, at_eof, "chunk", || {
+            "in a stream chunk".to_owned()
+        })?;
         if let Some(error) = chunk.error {
             let body =
                 ErrorBody::from_json(&serde_json::json!({ "error": error })).unwrap_or_default();
-            return Err(LlmError::from_stream_error(&self.provider, &body));
+            return Err(LlmError::from_stream_error(provider, &body));
         }
         if !self.started {
             self.started = true;

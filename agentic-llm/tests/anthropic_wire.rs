@@ -15,13 +15,17 @@ use agentic_llm::anthropic::{AnthropicConfig, AnthropicProvider, StreamDecoder};
 use agentic_llm::retry_hint::{parse_rfc3339, retry_after};
 use agentic_llm::tool::{FnTool, ToolSet, run_with_tools};
 use agentic_llm::{
-    ChatRequest, ChatResponse, ContentBlock, LlmError, LlmProvider, StopReason, StreamAccumulator,
-    StreamEvent, ToolDefinition, Usage, collect_stream,
+    ChatRequest, ChatResponse, ContentBlock, LlmError, LlmProvider, StopReason, StreamEvent,
+    ToolDefinition, Usage, collect_stream,
 };
 use futures::StreamExt;
 use proptest::prelude::*;
 use serde_json::json;
-use support::{Reply, Server, fixture, fixture_files, fixture_json, fixtures, header_blocks};
+use support::{
+    Reply, Server, assemble, assert_ended_early, check_fixture_list, complete_fixture,
+    complete_with, decode_pieces, fixture, fixture_json, fixtures, header_blocks, stream_items,
+    stream_with, tokens,
+};
 
 const KEY: &str = "sk-ant-test-0123456789-secret";
 const P: &str = "anthropic";
@@ -108,28 +112,13 @@ fn weather_tool() -> ToolDefinition {
     )
 }
 
-/// Decodes a whole SSE body, fed in `cuts` pieces.
+/// Decodes a whole body, fed in pieces cut at `cuts`.
 fn decode(body: &[u8], cuts: &[usize]) -> Result<Vec<StreamEvent>, LlmError> {
     let mut decoder = StreamDecoder::new(P);
-    let mut events = Vec::new();
-    let mut start = 0;
-    for &cut in cuts {
-        let cut = cut.clamp(start, body.len());
-        decoder.push(&body[start..cut], &mut events)?;
-        start = cut;
-    }
-    decoder.push(&body[start..], &mut events)?;
-    decoder.finish(&mut events)?;
-    Ok(events)
-}
-
-fn assemble(events: &[StreamEvent]) -> ChatResponse {
-    let mut acc = StreamAccumulator::new();
-    for event in events {
-        acc.push(event).unwrap();
-    }
-    assert!(acc.is_complete());
-    acc.finish().unwrap()
+    decode_pieces(body, cuts, |piece, out| match piece {
+        Some(piece) => decoder.push(piece, out),
+        None => decoder.finish(out),
+    })
 }
 
 fn assert_sent_headers(server: &Server) {
@@ -146,18 +135,12 @@ fn assert_sent_headers(server: &Server) {
 #[test]
 fn every_fixture_file_is_checked() {
     let Some(root) = root() else { return };
-    let files = fixture_files(&root, P);
-    for name in &files {
-        assert!(
-            CHECKED.iter().any(|(file, _)| file == name),
-            "fixtures/anthropic/{name} is new: add a test with assertions for it to CHECKED"
-        );
-        // And every file parses as what its name says it is.
-        let bytes = fixture(&root, P, name);
+    // And every file parses as what its name says it is.
+    check_fixture_list(&root, P, CHECKED, |name, bytes| {
         if name.ends_with(".json") {
-            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
+            serde_json::from_slice::<serde_json::Value>(bytes).unwrap();
         } else if name.ends_with(".sse") {
-            let result = decode(&bytes, &[]);
+            let result = decode(bytes, &[]);
             if name.contains("error") {
                 assert!(matches!(result, Err(LlmError::Overloaded { .. })), "{name}");
             } else {
@@ -166,27 +149,20 @@ fn every_fixture_file_is_checked() {
         } else {
             assert_eq!(name, "headers.txt");
         }
-    }
-    for (file, test) in CHECKED {
-        assert!(
-            files.iter().any(|f| f == file),
-            "{file} (checked by {test}) is gone"
-        );
-    }
+    });
 }
 
 #[tokio::test]
 async fn message_text_parses() {
     let Some(root) = root() else { return };
-    let server = Server::start(vec![Reply::json(
-        200,
-        fixture(&root, P, "message_text.json"),
-    )])
+    let (server, answer) = complete_fixture(
+        &root,
+        P,
+        "message_text.json",
+        provider,
+        ChatRequest::user("What's the weather?"),
+    )
     .await;
-    let answer = provider(&server)
-        .complete(ChatRequest::user("What's the weather?"))
-        .await
-        .unwrap();
     assert_eq!(answer.id, "msg_014SddXAzPYwR72fa37nJ8N2");
     assert_eq!(answer.model, "claude-3-7-sonnet-20250219");
     assert_eq!(
@@ -246,10 +222,7 @@ async fn tool_use_request_is_sent_as_recorded_and_its_answer_parses() {
             },
         ]
     );
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (402, 89)
-    );
+    assert_eq!(tokens(&answer), (402, 89));
 }
 
 #[tokio::test]
@@ -301,15 +274,14 @@ async fn two_tool_calls_run_in_one_step_and_go_back_as_results() {
 #[tokio::test]
 async fn usage_with_cache_fields_parses() {
     let Some(root) = root() else { return };
-    let server = Server::start(vec![Reply::json(
-        200,
-        fixture(&root, P, "message_usage_cache_fields.json"),
-    )])
+    let (_, answer) = complete_fixture(
+        &root,
+        P,
+        "message_usage_cache_fields.json",
+        provider,
+        ChatRequest::user("x"),
+    )
     .await;
-    let answer = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap();
     assert_eq!(answer.model, "claude-sonnet-4-5-20250929");
     assert_eq!(
         answer.text_content(),
@@ -334,11 +306,13 @@ async fn nonzero_cache_usage_maps_to_read_and_write() {
     let mut body = fixture_json(&root, P, "message_usage_cache_fields.json");
     body["usage"]["cache_creation_input_tokens"] = json!(1200);
     body["usage"]["cache_read_input_tokens"] = json!(3400);
-    let server = Server::start(vec![Reply::json(200, body.to_string())]).await;
-    let answer = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap();
+    let (_, answer) = complete_with(
+        vec![Reply::json(200, body.to_string())],
+        provider,
+        ChatRequest::user("x"),
+    )
+    .await;
+    let answer = answer.unwrap();
     assert_eq!(answer.usage.cache_write_tokens, 1200);
     assert_eq!(answer.usage.cache_read_tokens, 3400);
 }
@@ -353,11 +327,8 @@ async fn error_400_is_invalid_request_with_the_message_verbatim() {
     );
     reply.headers = blocks["[C]"].headers.clone();
     reply.headers.retain(|(n, _)| n != "content-length");
-    let server = Server::start(vec![reply]).await;
-    let error = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap_err();
+    let (_, error) = complete_with(vec![reply], provider, ChatRequest::user("x")).await;
+    let error = error.unwrap_err();
     match &error {
         LlmError::InvalidRequest {
             provider,
@@ -386,11 +357,8 @@ async fn error_429_is_rate_limited_with_the_message_verbatim() {
     reply
         .headers
         .retain(|(n, _)| n != "content-length" && n != "connection");
-    let server = Server::start(vec![reply]).await;
-    let error = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap_err();
+    let (_, error) = complete_with(vec![reply], provider, ChatRequest::user("x")).await;
+    let error = error.unwrap_err();
     match &error {
         LlmError::RateLimited {
             message,
@@ -415,11 +383,8 @@ async fn error_529_is_overloaded_and_honours_retry_after_zero() {
     let blocks = header_blocks(&String::from_utf8(fixture(&root, P, "headers.txt")).unwrap());
     let mut reply = Reply::json(529, fixture(&root, P, "error_529_overloaded_error.json"));
     reply.headers.extend(blocks["[D]"].headers.clone());
-    let server = Server::start(vec![reply]).await;
-    let error = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap_err();
+    let (_, error) = complete_with(vec![reply], provider, ChatRequest::user("x")).await;
+    let error = error.unwrap_err();
     match &error {
         LlmError::Overloaded {
             provider,
@@ -436,11 +401,13 @@ async fn error_529_is_overloaded_and_honours_retry_after_zero() {
     // The compact form a live 529 has (75 bytes) reads the same.
     let compact = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
     assert_eq!(compact.len(), 75);
-    let server = Server::start(vec![Reply::json(529, compact.to_vec())]).await;
-    let error = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap_err();
+    let (_, error) = complete_with(
+        vec![Reply::json(529, compact.to_vec())],
+        provider,
+        ChatRequest::user("x"),
+    )
+    .await;
+    let error = error.unwrap_err();
     assert!(
         matches!(error, LlmError::Overloaded { ref message, retry_after: None, .. } if message == "Overloaded")
     );
@@ -560,15 +527,8 @@ async fn stream_without_final_newline_still_completes() {
     let Some(root) = root() else { return };
     let body = fixture(&root, P, "stream_tool_use_fixture.sse");
     assert!(!body.ends_with(b"\n"));
-    let server = Server::start(vec![Reply::sse(body)]).await;
-    let answer = collect_stream(
-        provider(&server)
-            .stream(ChatRequest::user("x"))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let (_, answer) = stream_with(vec![Reply::sse(body)], provider, ChatRequest::user("x")).await;
+    let answer = answer.unwrap();
     assert_eq!(answer.id, "msg_019Q1hrJbZG26Fb9BQhrkHEr");
     assert_eq!(answer.model, "claude-sonnet-4-20250514");
     assert_eq!(
@@ -583,10 +543,7 @@ async fn stream_without_final_newline_still_completes() {
             &json!({"location": "Paris"})
         )]
     );
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (377, 65)
-    );
+    assert_eq!(tokens(&answer), (377, 65));
 }
 
 #[tokio::test]
@@ -619,10 +576,7 @@ async fn recorded_tool_stream_in_ten_pieces() {
             input: json!({"location": "San Francisco, CA", "units": "f"}),
         }]
     );
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (656, 74)
-    );
+    assert_eq!(tokens(&answer), (656, 74));
     assert_eq!(answer.stop_reason, StopReason::ToolUse);
 }
 
@@ -656,12 +610,7 @@ async fn an_error_event_after_message_start_ends_the_stream_with_overloaded() {
         "stream_error_overloaded.sse",
     ))])
     .await;
-    let events: Vec<_> = provider(&server)
-        .stream(ChatRequest::user("x"))
-        .await
-        .unwrap()
-        .collect()
-        .await;
+    let events = stream_items(&provider(&server), ChatRequest::user("x")).await;
     assert_eq!(events.len(), 2);
     assert_eq!(
         events[0].as_ref().unwrap(),
@@ -690,20 +639,9 @@ async fn a_stream_cut_before_message_stop_is_a_retryable_error() {
         // The connection breaks mid-event.
         Reply::sse(text.as_bytes()[..cut + 30].to_vec()).aborted(),
     ] {
-        let server = Server::start(vec![reply]).await;
-        let error = collect_stream(
-            provider(&server)
-                .stream(ChatRequest::user("x"))
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            matches!(&error, LlmError::Connection { message, .. } if message.contains("stream ended early")),
-            "{error:?}"
-        );
-        assert!(error.is_retryable());
+        let (_, error) = stream_with(vec![reply], provider, ChatRequest::user("x")).await;
+        let error = error.unwrap_err();
+        assert_ended_early(&error);
     }
 }
 

@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 use agentic_llm::ndjson::NdjsonSplitter;
 use agentic_llm::ollama::{OllamaConfig, OllamaProvider, StreamDecoder};
 use agentic_llm::{
-    ChatRequest, ContentBlock, LlmError, LlmProvider, Message, Role, StopReason, StreamAccumulator,
-    StreamEvent, ToolDefinition, Usage, collect_stream,
+    ChatRequest, ContentBlock, LlmError, LlmProvider, Message, Role, StopReason, StreamEvent,
+    ToolDefinition, Usage,
 };
-use futures::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use support::{Reply, Server, fixture, fixture_files, fixture_json, fixtures, take};
+use support::{
+    Reply, Server, assemble, check_fixture_list, complete_fixture, decode_pieces, fixture,
+    fixture_json, fixtures, stream_items, stream_with, take, tokens,
+};
 
 const P: &str = "ollama";
 
@@ -79,27 +81,13 @@ fn line(root: &Path, name: &str) -> String {
     text
 }
 
+/// Decodes a whole body, fed in pieces cut at `cuts`.
 fn decode(body: &[u8], cuts: &[usize]) -> Result<Vec<StreamEvent>, LlmError> {
     let mut decoder = StreamDecoder::new(P);
-    let mut events = Vec::new();
-    let mut start = 0;
-    for &cut in cuts {
-        let cut = cut.clamp(start, body.len());
-        decoder.push(&body[start..cut], &mut events)?;
-        start = cut;
-    }
-    decoder.push(&body[start..], &mut events)?;
-    decoder.finish(&mut events)?;
-    Ok(events)
-}
-
-fn assemble(events: &[StreamEvent]) -> agentic_llm::ChatResponse {
-    let mut acc = StreamAccumulator::new();
-    for event in events {
-        acc.push(event).unwrap();
-    }
-    assert!(acc.is_complete());
-    acc.finish().unwrap()
+    decode_pieces(body, cuts, |piece, out| match piece {
+        Some(piece) => decoder.push(piece, out),
+        None => decoder.finish(out),
+    })
 }
 
 fn assert_sent(server: &Server) {
@@ -114,42 +102,33 @@ fn assert_sent(server: &Server) {
 #[test]
 fn every_fixture_file_is_checked() {
     let Some(root) = root() else { return };
-    let files = fixture_files(&root, P);
-    for name in &files {
-        assert!(
-            CHECKED.iter().any(|(file, _)| file == name),
-            "fixtures/ollama/{name} is new: add a test with assertions for it to CHECKED"
-        );
-        let bytes = fixture(&root, P, name);
+    check_fixture_list(&root, P, CHECKED, |name, bytes| {
         if name.ends_with(".json") {
-            serde_json::from_slice::<Value>(&bytes).unwrap();
+            serde_json::from_slice::<Value>(bytes).unwrap();
         } else {
             assert!(name.ends_with(".ndjson"), "{name}");
             let mut lines = Vec::new();
             let mut splitter = NdjsonSplitter::new();
-            splitter.push(&bytes, &mut lines);
+            splitter.push(bytes, &mut lines);
             splitter.finish(&mut lines);
             for line in lines {
                 serde_json::from_slice::<Value>(&line).unwrap();
             }
         }
-    }
-    for (file, test) in CHECKED {
-        assert!(
-            files.iter().any(|f| f == file),
-            "{file} (checked by {test}) is gone"
-        );
-    }
+    });
 }
 
 #[tokio::test]
 async fn documented_answer_parses() {
     let Some(root) = root() else { return };
-    let server = Server::start(vec![Reply::json(200, fixture(&root, P, "chat.json"))]).await;
-    let answer = provider(&server)
-        .complete(ChatRequest::user("why is the sky blue?"))
-        .await
-        .unwrap();
+    let (server, answer) = complete_fixture(
+        &root,
+        P,
+        "chat.json",
+        provider,
+        ChatRequest::user("why is the sky blue?"),
+    )
+    .await;
     assert_sent(&server);
     assert_eq!(answer.model, "llama3.2");
     assert_eq!(answer.id, "ollama-2023-12-12T14:13:43.416799Z");
@@ -205,10 +184,7 @@ async fn tool_request_is_sent_as_documented_and_its_answer_parses() {
     assert!(calls[0].0.starts_with("ollama_call_"));
     assert_eq!(calls[0].1, "get_weather");
     assert_eq!(calls[0].2, &json!({"city": "Tokyo"}));
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (169, 18)
-    );
+    assert_eq!(tokens(&answer), (169, 18));
 }
 
 #[tokio::test]
@@ -219,22 +195,13 @@ async fn documented_stream_objects_as_ndjson_lines() {
         line(&root, "chat_stream_chunk.json"),
         line(&root, "chat_stream_final.json")
     );
-    let server = Server::start(vec![Reply::ndjson(body)]).await;
-    let answer = collect_stream(
-        provider(&server)
-            .stream(ChatRequest::user("x"))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let (server, answer) =
+        stream_with(vec![Reply::ndjson(body)], provider, ChatRequest::user("x")).await;
+    let answer = answer.unwrap();
     assert_eq!(server.received()[0].json()["stream"], true);
     assert_eq!(answer.text_content(), "The");
     assert_eq!(answer.stop_reason, StopReason::EndTurn);
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (26, 282)
-    );
+    assert_eq!(tokens(&answer), (26, 282));
 }
 
 #[tokio::test]
@@ -245,25 +212,20 @@ async fn documented_tool_stream_as_ndjson_lines() {
         line(&root, "chat_stream_tool_calls_chunk.json"),
         line(&root, "chat_stream_tool_calls_final.json")
     );
-    let server = Server::start(vec![Reply::ndjson(body.clone())]).await;
-    let answer = collect_stream(
-        provider(&server)
-            .stream(ChatRequest::user("x"))
-            .await
-            .unwrap(),
+    let (_, answer) = stream_with(
+        vec![Reply::ndjson(body.clone())],
+        provider,
+        ChatRequest::user("x"),
     )
-    .await
-    .unwrap();
+    .await;
+    let answer = answer.unwrap();
     assert_eq!(answer.stop_reason, StopReason::ToolUse);
     let calls: Vec<_> = answer.tool_calls().collect();
     assert_eq!(
         (calls[0].1, calls[0].2),
         ("get_weather", &json!({"city": "Tokyo"}))
     );
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (169, 15)
-    );
+    assert_eq!(tokens(&answer), (169, 15));
     // Every split point gives the same message (ids aside: they are handed out per decode).
     let strip = |r: agentic_llm::ChatResponse| {
         r.tool_calls()
@@ -283,15 +245,13 @@ async fn documented_tool_stream_as_ndjson_lines() {
 async fn server_test_fixture_stream_parses() {
     let Some(root) = root() else { return };
     let body = fixture(&root, P, "chat_stream.test-fixture.ndjson");
-    let server = Server::start(vec![Reply::ndjson(body.clone()).split_at(&[5, 60, 130])]).await;
-    let answer = collect_stream(
-        provider(&server)
-            .stream(ChatRequest::user("x"))
-            .await
-            .unwrap(),
+    let (_, answer) = stream_with(
+        vec![Reply::ndjson(body.clone()).split_at(&[5, 60, 130])],
+        provider,
+        ChatRequest::user("x"),
     )
-    .await
-    .unwrap();
+    .await;
+    let answer = answer.unwrap();
     assert_eq!(answer.model, "gpt-oss:120b");
     assert_eq!(answer.text_content(), "Hello");
     assert_eq!(answer.stop_reason, StopReason::EndTurn);
@@ -336,12 +296,7 @@ async fn an_error_line_mid_stream_ends_it_with_that_error() {
         "generate_stream_error.ndjson",
     ))])
     .await;
-    let events: Vec<_> = provider(&server)
-        .stream(ChatRequest::user("x"))
-        .await
-        .unwrap()
-        .collect()
-        .await;
+    let events = stream_items(&provider(&server), ChatRequest::user("x")).await;
     // The lines before are /api/generate lines without a chat message: a start, no text.
     assert!(
         matches!(events[0], Ok(StreamEvent::MessageStart { ref model, .. }) if model == "gemma4")
@@ -382,15 +337,13 @@ async fn error_body_is_a_server_error_with_the_message_verbatim() {
 #[tokio::test]
 async fn a_stream_without_done_is_a_retryable_error() {
     let Some(root) = root() else { return };
-    let server = Server::start(vec![Reply::ndjson(line(&root, "chat_stream_chunk.json"))]).await;
-    let error = collect_stream(
-        provider(&server)
-            .stream(ChatRequest::user("x"))
-            .await
-            .unwrap(),
+    let (_, error) = stream_with(
+        vec![Reply::ndjson(line(&root, "chat_stream_chunk.json"))],
+        provider,
+        ChatRequest::user("x"),
     )
-    .await
-    .unwrap_err();
+    .await;
+    let error = error.unwrap_err();
     assert!(
         matches!(&error, LlmError::Connection { message, .. } if message.contains("stream ended early"))
     );

@@ -15,11 +15,15 @@ use agentic_llm::retry_hint::{parse_go_duration, retry_after};
 use agentic_llm::tool::{FnTool, ToolSet, run_with_tools};
 use agentic_llm::{
     ChatRequest, ContentBlock, ImageSource, LlmError, LlmProvider, Message, ResponseFormat, Role,
-    StopReason, StreamAccumulator, StreamEvent, ToolChoice, ToolDefinition, Usage, collect_stream,
+    StopReason, StreamEvent, ToolChoice, ToolDefinition, Usage, collect_stream,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use support::{Reply, Server, fixture, fixture_files, fixture_json, fixtures, header_blocks, take};
+use support::{
+    Reply, Server, assemble, assert_ended_early, check_fixture_list, complete_fixture,
+    complete_with, decode_pieces, fixture, fixture_json, fixtures, header_blocks, stream_with,
+    take, tokens,
+};
 
 const KEY: &str = "sk-proj-test-0123456789-secret";
 const P: &str = "openai";
@@ -108,53 +112,27 @@ fn assert_sent_headers(server: &Server) {
     }
 }
 
+/// Decodes a whole body, fed in pieces cut at `cuts`.
 fn decode(body: &[u8], cuts: &[usize]) -> Result<Vec<StreamEvent>, LlmError> {
     let mut decoder = StreamDecoder::new(P);
-    let mut events = Vec::new();
-    let mut start = 0;
-    for &cut in cuts {
-        let cut = cut.clamp(start, body.len());
-        decoder.push(&body[start..cut], &mut events)?;
-        start = cut;
-    }
-    decoder.push(&body[start..], &mut events)?;
-    decoder.finish(&mut events)?;
-    Ok(events)
-}
-
-fn assemble(events: &[StreamEvent]) -> agentic_llm::ChatResponse {
-    let mut acc = StreamAccumulator::new();
-    for event in events {
-        acc.push(event).unwrap();
-    }
-    assert!(acc.is_complete());
-    acc.finish().unwrap()
+    decode_pieces(body, cuts, |piece, out| match piece {
+        Some(piece) => decoder.push(piece, out),
+        None => decoder.finish(out),
+    })
 }
 
 #[test]
 fn every_fixture_file_is_checked() {
     let Some(root) = root() else { return };
-    let files = fixture_files(&root, P);
-    for name in &files {
-        assert!(
-            CHECKED.iter().any(|(file, _)| file == name),
-            "fixtures/openai/{name} is new: add a test with assertions for it to CHECKED"
-        );
-        let bytes = fixture(&root, P, name);
+    check_fixture_list(&root, P, CHECKED, |name, bytes| {
         if name.ends_with(".json") {
-            serde_json::from_slice::<Value>(&bytes).unwrap();
+            serde_json::from_slice::<Value>(bytes).unwrap();
         } else if name.ends_with(".sse") {
-            assemble(&decode(&bytes, &[]).unwrap());
+            assemble(&decode(bytes, &[]).unwrap());
         } else {
             assert_eq!(name, "headers.txt");
         }
-    }
-    for (file, test) in CHECKED {
-        assert!(
-            files.iter().any(|f| f == file),
-            "{file} (checked by {test}) is gone"
-        );
-    }
+    });
 }
 
 fn weather_for_city_tool() -> ToolDefinition {
@@ -281,24 +259,20 @@ async fn documented_function_request_and_answer() {
             input: json!({"location": "Boston, MA"}),
         }]
     );
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (82, 17)
-    );
+    assert_eq!(tokens(&answer), (82, 17));
 }
 
 #[tokio::test]
 async fn two_tool_calls_of_openai_python_parse() {
     let Some(root) = root() else { return };
-    let server = Server::start(vec![Reply::json(
-        200,
-        fixture(&root, P, "chat_completion_tool_calls.openai-python.json"),
-    )])
+    let (_, answer) = complete_fixture(
+        &root,
+        P,
+        "chat_completion_tool_calls.openai-python.json",
+        provider,
+        ChatRequest::user("x"),
+    )
     .await;
-    let answer = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap();
     assert_eq!(
         answer.tool_calls().collect::<Vec<_>>(),
         vec![
@@ -315,10 +289,7 @@ async fn two_tool_calls_of_openai_python_parse() {
         ]
     );
     assert_eq!(answer.text_content(), "");
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (149, 60)
-    );
+    assert_eq!(tokens(&answer), (149, 60));
 }
 
 #[tokio::test]
@@ -357,48 +328,40 @@ async fn json_schema_request_is_sent_as_recorded_and_its_answer_parses() {
         "A pound of feathers and sixteen ounces of steel weigh the same."
     );
     assert_eq!(parsed["steps"].as_array().unwrap().len(), 5);
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (75, 91)
-    );
+    assert_eq!(tokens(&answer), (75, 91));
     assert_eq!(answer.model, "gpt-4o-mini-2024-07-18");
 }
 
 #[tokio::test]
 async fn json_schema_answer_of_openai_python_parses() {
     let Some(root) = root() else { return };
-    let server = Server::start(vec![Reply::json(
-        200,
-        fixture(&root, P, "chat_completion_json_schema.json"),
-    )])
+    let (_, answer) = complete_fixture(
+        &root,
+        P,
+        "chat_completion_json_schema.json",
+        provider,
+        ChatRequest::user("x"),
+    )
     .await;
-    let answer = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap();
     assert_eq!(
         answer.text_content(),
         "{\"city\":\"San Francisco\",\"temperature\":65,\"units\":\"f\"}"
     );
     assert_eq!(answer.id, "chatcmpl-ABfvbtVnTu5DeC4EFnRYj8mtfOM99");
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (79, 14)
-    );
+    assert_eq!(tokens(&answer), (79, 14));
 }
 
 #[tokio::test]
 async fn documented_text_answer_parses() {
     let Some(root) = root() else { return };
-    let server = Server::start(vec![Reply::json(
-        200,
-        fixture(&root, P, "chat_completion_text.json"),
-    )])
+    let (server, answer) = complete_fixture(
+        &root,
+        P,
+        "chat_completion_text.json",
+        provider,
+        ChatRequest::user("Hello!"),
+    )
     .await;
-    let answer = provider(&server)
-        .complete(ChatRequest::user("Hello!"))
-        .await
-        .unwrap();
     assert_eq!(answer.id, "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT");
     assert_eq!(answer.model, "gpt-5.4");
     assert_eq!(
@@ -424,11 +387,13 @@ async fn cached_prompt_tokens_are_cache_reads() {
     let Some(root) = root() else { return };
     let mut body = fixture_json(&root, P, "chat_completion_text.json");
     body["usage"]["prompt_tokens_details"]["cached_tokens"] = json!(12);
-    let server = Server::start(vec![Reply::json(200, body.to_string())]).await;
-    let answer = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap();
+    let (_, answer) = complete_with(
+        vec![Reply::json(200, body.to_string())],
+        provider,
+        ChatRequest::user("x"),
+    )
+    .await;
+    let answer = answer.unwrap();
     assert_eq!(answer.usage.input_tokens, 19 - 12);
     assert_eq!(answer.usage.cache_read_tokens, 12);
 }
@@ -437,25 +402,20 @@ async fn cached_prompt_tokens_are_cache_reads() {
 async fn streamed_text_parses() {
     let Some(root) = root() else { return };
     let body = fixture(&root, P, "chat_stream_text.openai-python.sse");
-    let server = Server::start(vec![Reply::sse(body.clone())]).await;
-    let answer = collect_stream(
-        provider(&server)
-            .stream(ChatRequest::user("x"))
-            .await
-            .unwrap(),
+    let (server, answer) = stream_with(
+        vec![Reply::sse(body.clone())],
+        provider,
+        ChatRequest::user("x"),
     )
-    .await
-    .unwrap();
+    .await;
+    let answer = answer.unwrap();
     assert_eq!(
         answer.text_content(),
         "I'm unable to provide real-time weather updates. To get the current weather in San Francisco, I recommend checking a reliable weather website or a weather app."
     );
     assert_eq!(answer.id, "chatcmpl-ABfw031mOJeYCSHe4yI2ZjOA6kMJL");
     assert_eq!(answer.stop_reason, StopReason::EndTurn);
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (14, 30)
-    );
+    assert_eq!(tokens(&answer), (14, 30));
     // What we sent: a streaming request that asks for usage.
     let sent = server.received()[0].json();
     assert_eq!(sent["stream"], true);
@@ -471,25 +431,15 @@ async fn streamed_text_parses() {
 async fn long_stream_with_usage_parses() {
     let Some(root) = root() else { return };
     let body = fixture(&root, P, "chat_stream_text_include_usage.sse");
-    let server = Server::start(vec![Reply::sse(body)]).await;
-    let answer = collect_stream(
-        provider(&server)
-            .stream(ChatRequest::user("x"))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let (_, answer) = stream_with(vec![Reply::sse(body)], provider, ChatRequest::user("x")).await;
+    let answer = answer.unwrap();
     let text = answer.text_content();
     assert_eq!(text.chars().count(), 3300);
     assert!(text.starts_with("The best pizza toppings can vary depending on personal preference"));
     assert!(text.ends_with("Combining various toppings can also create unique flavors and enhance the pizza experience."));
     assert_eq!(answer.model, "gpt-4o-mini-2024-07-18");
     assert_eq!(answer.id, "chatcmpl-D8dUAJuyyWxWUFRdcu8FB6Vi6yfLu");
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (22, 712)
-    );
+    assert_eq!(tokens(&answer), (22, 712));
     assert_eq!(answer.stop_reason, StopReason::EndTurn);
 }
 
@@ -498,15 +448,13 @@ async fn streamed_parallel_tool_calls_parse() {
     let Some(root) = root() else { return };
     let body = fixture(&root, P, "chat_stream_tool_calls.sse");
     let cuts: Vec<usize> = (1..body.len()).step_by(251).collect();
-    let server = Server::start(vec![Reply::sse(body.clone()).split_at(&cuts)]).await;
-    let answer = collect_stream(
-        provider(&server)
-            .stream(ChatRequest::user("x"))
-            .await
-            .unwrap(),
+    let (_, answer) = stream_with(
+        vec![Reply::sse(body.clone()).split_at(&cuts)],
+        provider,
+        ChatRequest::user("x"),
     )
-    .await
-    .unwrap();
+    .await;
+    let answer = answer.unwrap();
     assert_eq!(answer.stop_reason, StopReason::ToolUse);
     assert_eq!(
         answer.tool_calls().collect::<Vec<_>>(),
@@ -523,10 +471,7 @@ async fn streamed_parallel_tool_calls_parse() {
             ),
         ]
     );
-    assert_eq!(
-        (answer.usage.input_tokens, answer.usage.output_tokens),
-        (149, 60)
-    );
+    assert_eq!(tokens(&answer), (149, 60));
     // The arguments arrived in pieces, each its own delta.
     let events = decode(&body, &[]).unwrap();
     let pieces = events
@@ -551,11 +496,8 @@ async fn error_400_is_invalid_request_with_the_message_verbatim() {
     reply
         .headers
         .retain(|(n, _)| n != "Content-Length" && n != "Connection");
-    let server = Server::start(vec![reply]).await;
-    let error = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap_err();
+    let (_, error) = complete_with(vec![reply], provider, ChatRequest::user("x")).await;
+    let error = error.unwrap_err();
     match &error {
         LlmError::InvalidRequest {
             provider,
@@ -576,15 +518,16 @@ async fn error_400_is_invalid_request_with_the_message_verbatim() {
 #[tokio::test]
 async fn error_401_is_authentication_with_the_message_verbatim() {
     let Some(root) = root() else { return };
-    let server = Server::start(vec![Reply::json(
-        401,
-        fixture(&root, P, "error_401_invalid_api_key.json"),
-    )])
+    let (_, error) = complete_with(
+        vec![Reply::json(
+            401,
+            fixture(&root, P, "error_401_invalid_api_key.json"),
+        )],
+        provider,
+        ChatRequest::user("x"),
+    )
     .await;
-    let error = provider(&server)
-        .complete(ChatRequest::user("x"))
-        .await
-        .unwrap_err();
+    let error = error.unwrap_err();
     match &error {
         LlmError::Authentication {
             status, message, ..
@@ -656,20 +599,14 @@ async fn a_stream_cut_before_done_is_a_retryable_error() {
     let Some(root) = root() else { return };
     let text = String::from_utf8(fixture(&root, P, "chat_stream_tool_calls.sse")).unwrap();
     let cut = text.find("data: [DONE]").unwrap();
-    let server = Server::start(vec![Reply::sse(text.as_bytes()[..cut].to_vec())]).await;
-    let error = collect_stream(
-        provider(&server)
-            .stream(ChatRequest::user("x"))
-            .await
-            .unwrap(),
+    let (_, error) = stream_with(
+        vec![Reply::sse(text.as_bytes()[..cut].to_vec())],
+        provider,
+        ChatRequest::user("x"),
     )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, LlmError::Connection { message, .. } if message.contains("stream ended early")),
-        "{error:?}"
-    );
-    assert!(error.is_retryable());
+    .await;
+    let error = error.unwrap_err();
+    assert_ended_early(&error);
 }
 
 #[tokio::test]

@@ -16,7 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agentic_llm::{
+    ChatRequest, ChatResponse, LlmError, LlmProvider, StreamAccumulator, StreamEvent,
+    collect_stream,
+};
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -365,4 +370,118 @@ async fn handle(
 /// Removes `key` from a JSON object and returns it.
 pub fn take(value: &mut Value, key: &str) -> Option<Value> {
     value.as_object_mut().and_then(|m| m.remove(key))
+}
+
+// ---- what the three wire tests do alike ------------------------------------------------------
+
+/// Checks the fixture directory of `provider` against `checked` (file, test that asserts it):
+/// every file is listed (a new recording fails until a test asserts it), every listed file
+/// exists, and `parses` accepts each file's bytes as what its name says it is.
+pub fn check_fixture_list(
+    root: &Path,
+    provider: &str,
+    checked: &[(&str, &str)],
+    mut parses: impl FnMut(&str, &[u8]),
+) {
+    let files = fixture_files(root, provider);
+    for name in &files {
+        assert!(
+            checked.iter().any(|(file, _)| file == name),
+            "fixtures/{provider}/{name} is new: add a test with assertions for it to CHECKED"
+        );
+        parses(name, &fixture(root, provider, name));
+    }
+    for (file, test) in checked {
+        assert!(
+            files.iter().any(|f| f == file),
+            "{file} (checked by {test}) is gone"
+        );
+    }
+}
+
+/// Feeds `body` to a stream decoder in pieces cut at `cuts` (byte offsets): `step` pushes
+/// `Some(piece)` and finishes on `None`. The events, or the first error.
+pub fn decode_pieces(
+    body: &[u8],
+    cuts: &[usize],
+    mut step: impl FnMut(Option<&[u8]>, &mut Vec<StreamEvent>) -> Result<(), LlmError>,
+) -> Result<Vec<StreamEvent>, LlmError> {
+    let mut events = Vec::new();
+    let mut start = 0;
+    for &cut in cuts {
+        let cut = cut.clamp(start, body.len());
+        step(Some(&body[start..cut]), &mut events)?;
+        start = cut;
+    }
+    step(Some(&body[start..]), &mut events)?;
+    step(None, &mut events)?;
+    Ok(events)
+}
+
+/// The answer `events` make, which must be complete.
+pub fn assemble(events: &[StreamEvent]) -> ChatResponse {
+    let mut acc = StreamAccumulator::new();
+    for event in events {
+        acc.push(event).unwrap();
+    }
+    assert!(acc.is_complete());
+    acc.finish().unwrap()
+}
+
+/// Serves `replies` and sends `request` once through the provider `connect` makes for the
+/// server: the server (to see what was sent) and the answer.
+pub async fn complete_with<P: LlmProvider>(
+    replies: Vec<Reply>,
+    connect: impl FnOnce(&Server) -> P,
+    request: ChatRequest,
+) -> (Server, Result<ChatResponse, LlmError>) {
+    let server = Server::start(replies).await;
+    let answer = connect(&server).complete(request).await;
+    (server, answer)
+}
+
+/// Like [`complete_with`], streamed and collected; opening the stream must succeed.
+pub async fn stream_with<P: LlmProvider>(
+    replies: Vec<Reply>,
+    connect: impl FnOnce(&Server) -> P,
+    request: ChatRequest,
+) -> (Server, Result<ChatResponse, LlmError>) {
+    let server = Server::start(replies).await;
+    let events = connect(&server).stream(request).await.unwrap();
+    (server, collect_stream(events).await)
+}
+
+/// Every item of the stream `provider` opens for `request` (which must open).
+pub async fn stream_items(
+    provider: &impl LlmProvider,
+    request: ChatRequest,
+) -> Vec<Result<StreamEvent, LlmError>> {
+    provider.stream(request).await.unwrap().collect().await
+}
+
+/// A stream that stopped before its terminal event: a retryable "stream ended early".
+pub fn assert_ended_early(error: &LlmError) {
+    assert!(
+        matches!(error, LlmError::Connection { message, .. } if message.contains("stream ended early")),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+}
+
+/// Input and output tokens of `answer`.
+pub fn tokens(answer: &ChatResponse) -> (u64, u64) {
+    (answer.usage.input_tokens, answer.usage.output_tokens)
+}
+
+/// [`complete_with`] a recorded 200 answer, `fixtures/<dir>/<name>`, which must parse.
+pub async fn complete_fixture<P: LlmProvider>(
+    root: &Path,
+    dir: &str,
+    name: &str,
+    connect: impl FnOnce(&Server) -> P,
+    request: ChatRequest,
+) -> (Server, ChatResponse) {
+    let reply = Reply::json(200, fixture(root, dir, name));
+    let (server, answer) = complete_with(vec![reply], connect, request).await;
+    (server, answer.unwrap())
 }
