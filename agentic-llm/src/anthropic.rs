@@ -647,10 +647,13 @@ impl Wire for Messages {
         out: &mut Vec<StreamEvent>,
         at_eof: bool,
     ) -> Result<bool, LlmError> {
-        let event: WireEvent =
-            frame_json(frame.data.as_bytes(), provider, at_eof, "event", || {
-                format!("in `{}` event", frame.event_type())
-            })?;
+        let event: WireEvent = frame_json(
+            serde_json::from_str(&frame.data),
+            provider,
+            at_eof,
+            "event",
+            || format!("in `{}` event", frame.event_type()),
+        )?;
         match event {
             WireEvent::MessageStart { message } => {
                 let usage = message.usage.to_usage();

@@ -7,8 +7,6 @@
 //! A provider's public `StreamDecoder` is a [`FrameDecoder`] over its [`Wire`]: the wire
 //! type holds only what its format needs to remember between frames.
 
-use serde::Deserialize;
-
 use crate::LlmError;
 use crate::stream::{StreamEvent, ended_early};
 
@@ -158,17 +156,20 @@ macro_rules! decoder_methods {
 }
 pub(crate) use decoder_methods;
 
-/// Parses a frame's JSON. When it does not parse: at the very end of the body it is half a
+/// A frame's parsed JSON, or what its failure means: at the very end of the body it is half a
 /// frame cut off with the connection (retryable "stream ended early: the last `unit` is
 /// incomplete"); anywhere else a malformed answer (`Decode`, "malformed JSON `what`").
-pub(crate) fn frame_json<'a, T: Deserialize<'a>>(
-    json: &'a [u8],
+///
+/// The caller parses (`from_str` for SSE data, which skips the UTF-8 check that `from_slice`
+/// would repeat on every string; `from_slice` for NDJSON lines).
+pub(crate) fn frame_json<T>(
+    parsed: serde_json::Result<T>,
     provider: &str,
     at_eof: bool,
     unit: &str,
     what: impl FnOnce() -> String,
 ) -> Result<T, LlmError> {
-    serde_json::from_slice(json).map_err(|e| {
+    parsed.map_err(|e| {
         if at_eof {
             ended_early(provider, &format!("the last {unit} is incomplete"))
         } else {

@@ -590,7 +590,13 @@ impl Wire for Lines {
         out: &mut Vec<StreamEvent>,
         at_eof: bool,
     ) -> Result<bool, LlmError> {
-        let line: WireLine = frame_json(line, provider, at_eof, "line", || "line".to_owned())?;
+        let line: WireLine = frame_json(
+            serde_json::from_slice(line),
+            provider,
+            at_eof,
+            "line",
+            || "line".to_owned(),
+        )?;
         if let Some(error) = line_error(provider, &line) {
             return Err(error);
         }

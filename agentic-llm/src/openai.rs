@@ -806,9 +806,13 @@ impl Wire for Chunks {
             out.push(StreamEvent::MessageStop);
             return Ok(true);
         }
-        let chunk: WireChunk = frame_json(data.as_bytes(), provider, at_eof, "chunk", || {
-            "in a stream chunk".to_owned()
-        })?;
+        let chunk: WireChunk = frame_json(
+            serde_json::from_str(data),
+            provider,
+            at_eof,
+            "chunk",
+            || "in a stream chunk".to_owned(),
+        )?;
         if let Some(error) = chunk.error {
             let body =
                 ErrorBody::from_json(&serde_json::json!({ "error": error })).unwrap_or_default();
