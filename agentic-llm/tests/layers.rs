@@ -649,6 +649,38 @@ const PINNED_KEY: &str = "c33926965f9fd98bf8b8312abbeda4db";
 // ---- cost meter and budgets -----------------------------------------------------------------
 
 #[test]
+fn a_user_price_table_from_json_overrides_the_builtin_one() {
+    let builtin = PriceTable::builtin();
+    let listed = builtin.price("claude-sonnet-4-5").unwrap();
+    let changed = ModelPrice::new(listed.input * 2.0, listed.output, listed.cache_write, 0.0);
+    let json = serde_json::json!({
+        "claude-sonnet-4-5": changed,
+        "my-model": {"input": 1.0, "output": 2.0, "cache_write": 1.0, "cache_read": 0.5},
+    });
+    let mine: PriceTable = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        mine.models().collect::<Vec<_>>(),
+        ["claude-sonnet-4-5", "my-model"]
+    );
+    // Round trip.
+    let text = serde_json::to_string(&mine).unwrap();
+    assert_eq!(serde_json::from_str::<PriceTable>(&text).unwrap(), mine);
+    let merged = builtin.clone().extend(mine);
+    assert_eq!(merged.price("claude-sonnet-4-5"), Some(changed));
+    // Snapshot names follow the overridden price too.
+    assert_eq!(merged.price("claude-sonnet-4-5-20250929"), Some(changed));
+    assert_eq!(
+        merged.price("my-model"),
+        Some(ModelPrice::new(1.0, 2.0, 1.0, 0.5))
+    );
+    // The rest of the built-in table is untouched.
+    assert_eq!(merged.price("gpt-4o"), builtin.price("gpt-4o"));
+    assert_eq!(merged.models().count(), builtin.models().count() + 1);
+    // A field left out is an error, not a silent zero.
+    assert!(serde_json::from_str::<PriceTable>(r#"{"m": {"input": 1.0}}"#).is_err());
+}
+
+#[test]
 fn prices_match_names_and_dated_snapshots_only() {
     let table = PriceTable::builtin();
     let sonnet = table.price("claude-sonnet-4-5").unwrap();

@@ -1,11 +1,34 @@
 //! [`CostMeter`]: prices every answer from a [`PriceTable`] and enforces [`Budgets`].
 //!
 //! Prices are US dollars per million tokens, four of them per model: input, output, cache
-//! write and cache read. [`PriceTable::builtin`] ships the list prices of common Anthropic
-//! and OpenAI models as of [`PRICES_AS_OF`]; they were written from the author's knowledge
-//! without access to the vendors' pages, so **check them** against
-//! <https://www.anthropic.com/pricing> and <https://openai.com/api/pricing> and override
-//! what changed with [`PriceTable::with`].
+//! write and cache read.
+//!
+//! **Where the built-in prices come from.** [`PriceTable::builtin`] holds the list prices
+//! of common Anthropic and OpenAI models as the author knew them in November 2025
+//! ([`PRICES_AS_OF`]). They were written down without access to the vendors' pages and
+//! have not been checked against them since: compare them with
+//! <https://www.anthropic.com/pricing> and <https://openai.com/api/pricing> before relying
+//! on a cost or a budget, and supply your own where they differ or are missing.
+//!
+//! **Your own prices.** Change or add a model with [`PriceTable::with`]; merge a whole
+//! table over another with [`PriceTable::extend`]; or start from [`PriceTable::empty`] to
+//! use only yours. A table is also plain JSON (model → the four rates), so it can live in
+//! a configuration file:
+//!
+//! ```
+//! use agentic_llm::layers::{ModelPrice, PriceTable};
+//!
+//! // Your own model, at the price your contract says (the numbers are placeholders).
+//! let mine: PriceTable = serde_json::from_str(r#"{
+//!     "my-finetune": {"input": 0.5, "output": 1.5, "cache_write": 0.5, "cache_read": 0.05}
+//! }"#)?;
+//! let prices = PriceTable::builtin().extend(mine); // yours win where both list a model
+//! assert_eq!(prices.price("my-finetune"), Some(ModelPrice::new(0.5, 1.5, 0.5, 0.05)));
+//! # Ok::<(), serde_json::Error>(())
+//! ```
+//!
+//! A model the table does not know is priced by the meter's [`UnknownModel`] policy (like
+//! the dearest model, by default).
 //!
 //! A budget belongs to a metadata tag (`goal = g-42`, `tenant = acme`): every request whose
 //! `metadata.tags` carry that tag draws from it. Before a call the meter computes its worst
@@ -27,11 +50,13 @@ use crate::{
     ProviderCapabilities, Usage,
 };
 
-/// When the built-in prices were taken (from the author's knowledge; see the module docs).
+/// When the built-in prices were taken: from the author's knowledge of the vendors' list
+/// prices, not verified online (see the [module docs](self)).
 pub const PRICES_AS_OF: &str = "2025-11 (not verified online: check before relying on them)";
 
-/// What one model costs, in USD per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// What one model costs, in USD per million tokens. In JSON:
+/// `{"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ModelPrice {
     /// Prompt tokens.
     pub input: f64,
@@ -73,7 +98,10 @@ impl ModelPrice {
 /// a date (`claude-sonnet-4-5-20250929`, `gpt-4o-mini-2024-07-18`) or `-latest`. A newer
 /// version (`claude-opus-4-8`) does not inherit an older one's price: it is unknown until
 /// added.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// In JSON a table is an object from model name to [`ModelPrice`].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct PriceTable {
     // A hash map, not a tree: a meter looks a model up after every call, when the caches
     // are cold from the network wait, and a tree lookup compares the name against a
@@ -123,6 +151,12 @@ impl PriceTable {
     /// Adds or replaces a model's price.
     pub fn with(mut self, model: impl Into<String>, price: ModelPrice) -> Self {
         self.prices.insert(model.into(), price);
+        self
+    }
+
+    /// Adds every price of `other`, replacing this table's where both list a model.
+    pub fn extend(mut self, other: PriceTable) -> Self {
+        self.prices.extend(other.prices);
         self
     }
 
