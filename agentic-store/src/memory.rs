@@ -1,4 +1,4 @@
-//! The in-process backend: a `BTreeMap` behind a std `Mutex`.
+//! The in-process backend: a hash map with an ordered key index, behind a std `Mutex`.
 //!
 //! Everything lives in two small structs, one for keys and one for locks, each behind its own
 //! mutex so that lock traffic (leader election, heartbeats) never queues behind key traffic.
@@ -6,9 +6,9 @@
 //! passed, found through an index ordered by expiry time, so memory stays bounded without a
 //! background task, and no single call pays for a large backlog.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,11 +78,16 @@ pub struct MemoryStore {
 /// Key-value state.
 #[derive(Default)]
 struct Keys {
-    entries: BTreeMap<String, Entry>,
+    /// Every entry (live, or expired and not yet pruned) by key. Point reads and writes, the
+    /// hot path, are one hash lookup: keys such as `ns/goal/<id>/task/<id>` share long
+    /// prefixes, and an ordered map compares those prefixes again at every level.
+    entries: HashMap<Arc<str>, Entry>,
+    /// The same keys in order, for prefix scans; shares each key's allocation with `entries`.
+    order: BTreeSet<Arc<str>>,
     /// Keys with a TTL, ordered by when they expire. The version makes the map key unique
     /// (versions are never reused) and lets an overwrite or delete remove exactly its own
     /// index entry, so the index never holds more than one entry per key.
-    expiry: BTreeMap<(Instant, u64), String>,
+    expiry: BTreeMap<(Instant, u64), Arc<str>>,
     /// The last version handed out, by any key.
     last_version: u64,
 }
@@ -216,8 +221,9 @@ impl Keys {
             let key = entry.remove();
             // The index is kept in step with the entries, so the version always matches;
             // checking anyway means a bug there can never delete a newer write.
-            if self.entries.get(&key).is_some_and(|e| e.version == version) {
-                self.entries.remove(&key);
+            if self.entries.get(&*key).is_some_and(|e| e.version == version) {
+                self.entries.remove(&*key);
+                self.order.remove(&*key);
             }
         }
     }
@@ -225,6 +231,7 @@ impl Keys {
     /// Removes `key` and its expiry index entry; returns the removed entry.
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
+        self.order.remove(key);
         if let Some(at) = entry.expires_at {
             self.expiry.remove(&(at, entry.version));
         }
@@ -334,21 +341,26 @@ impl StateStore for MemoryStore {
         };
         // Replace in place when the key exists (live or expired-but-unpruned), so an update,
         // the common write, does not allocate a new key string.
+        let keys = &mut *keys;
         let old_expiry = match keys.entries.get_mut(key) {
             Some(slot) => {
                 let old = std::mem::replace(slot, entry);
                 old.expires_at.map(|at| (at, old.version))
             }
             None => {
-                keys.entries.insert(key.to_owned(), entry);
+                let shared: Arc<str> = Arc::from(key);
+                keys.order.insert(Arc::clone(&shared));
+                keys.entries.insert(shared, entry);
                 None
             }
         };
         if let Some(old) = old_expiry {
             keys.expiry.remove(&old);
         }
-        if let Some(at) = expires_at {
-            keys.expiry.insert((at, version), key.to_owned());
+        if let Some(at) = expires_at
+            && let Some((shared, _)) = keys.entries.get_key_value(key)
+        {
+            keys.expiry.insert((at, version), Arc::clone(shared));
         }
         // Sent with `keys` held, so events reach watchers in commit order.
         self.notify(|| WatchEvent::Put {
@@ -399,11 +411,15 @@ impl StateStore for MemoryStore {
         let keys = self.keys();
         let mut items = Vec::with_capacity(limit.min(256));
         let mut next_cursor = None;
-        for (key, entry) in keys
-            .entries
+        for key in keys
+            .order
             .range::<str, _>((start, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
+            .take_while(|k| k.starts_with(prefix))
         {
+            // `order` and `entries` hold the same keys; a miss would be a bug, not data.
+            let Some(entry) = keys.entries.get(&**key) else {
+                continue;
+            };
             if !entry.is_live(&mut clock) {
                 continue;
             }
@@ -413,7 +429,7 @@ impl StateStore for MemoryStore {
                 next_cursor = items.last().map(|(k, _): &(String, Versioned)| k.clone());
                 break;
             }
-            items.push((key.clone(), entry.versioned()));
+            items.push((key.to_string(), entry.versioned()));
         }
         Ok(ScanPage { items, next_cursor })
     }
