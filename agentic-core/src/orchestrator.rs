@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentic_queue::{NewJob, Retry};
-use agentic_store::{Expect, LockGuard};
+use agentic_store::{Expect, LockGuard, PutOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -199,15 +199,18 @@ impl Orchestrator {
         records::write(store, &inner.keys.plan(&goal), &plan, Expect::Absent).await?;
         // Remember each record's version: the first change (queueing the task) can then be a
         // compare-and-set against it without reading the record back.
+        // Every task starts as the same record: encode it once.
+        let pending = serde_json::to_vec(&TaskRecord::new(TaskState::Pending))
+            .map_err(|e| Error::InvalidInput(format!("cannot encode a task record: {e}")))?;
         let mut versions = Vec::with_capacity(plan.tasks.len());
         for task in &plan.tasks {
-            let v = records::write(
-                store,
-                &inner.keys.task(&goal, &task.id),
-                &TaskRecord::new(TaskState::Pending),
-                Expect::Absent,
-            )
-            .await?;
+            let v = store
+                .put(
+                    &inner.keys.task(&goal, &task.id),
+                    pending.clone(),
+                    PutOptions::new().expect(Expect::Absent),
+                )
+                .await?;
             versions.push(Some(v));
         }
         let record = GoalRecord {
@@ -244,6 +247,7 @@ impl Orchestrator {
         let mut rt = cell.lock().await;
         lock_map(&inner.goals).insert(goal.clone(), Arc::clone(&cell));
         rt.start_roots(inner).await?;
+        rt.flush(inner).await?;
         rt.check_finished(inner).await?;
         Ok(goal)
     }
@@ -635,6 +639,10 @@ async fn set_goal_status(
     }
 }
 
+/// Most jobs one `enqueue_batch` of a flush carries, so a goal that makes thousands of tasks
+/// ready at once does not send one huge request to a networked queue.
+const FLUSH_BATCH: usize = 256;
+
 /// What handling a poke came to.
 enum Handled {
     Done,
@@ -667,6 +675,9 @@ async fn control_loop(inner: Arc<Inner>) {
                 continue;
             }
         };
+        // Decode, then group by goal (in arrival order), so each goal is locked once per
+        // batch and the tasks its pokes make ready go out in one enqueue per queue.
+        let mut groups: Vec<(GoalId, Vec<Poke>, Vec<agentic_queue::Lease>)> = Vec::new();
         for d in deliveries {
             let poke: Poke = match serde_json::from_slice(&d.payload) {
                 Ok(p) => p,
@@ -683,41 +694,49 @@ async fn control_loop(inner: Arc<Inner>) {
                     continue;
                 }
             };
-            let outcome = handle_poke(&inner, &poke).await;
-            let done = match outcome {
-                Ok(Handled::Done) => queue.ack(&d.lease).await.map(|_| ()),
-                Ok(Handled::NotMine) => queue
-                    .nack(
-                        &d.lease,
-                        Retry::After(Duration::from_millis(50)),
-                        "goal driven by another orchestrator",
-                    )
-                    .await
-                    .map(|_| ()),
+            match groups.iter_mut().find(|(g, ..)| *g == poke.goal) {
+                Some((_, pokes, leases)) => {
+                    pokes.push(poke);
+                    leases.push(d.lease);
+                }
+                None => groups.push((poke.goal.clone(), vec![poke], vec![d.lease])),
+            }
+        }
+        for (goal, pokes, leases) in groups {
+            let outcome = handle_pokes(&inner, &goal, &pokes).await;
+            let (retry, why) = match outcome {
+                Ok(Handled::Done) => {
+                    for lease in &leases {
+                        if let Err(e) = queue.ack(lease).await {
+                            tracing::warn!(error = %e, "could not ack a control message; it will be redelivered");
+                        }
+                    }
+                    continue;
+                }
+                Ok(Handled::NotMine) => (
+                    Duration::from_millis(50),
+                    "goal driven by another orchestrator".to_owned(),
+                ),
                 Err(e) => {
-                    tracing::warn!(goal = %poke.goal, error = %e, "applying a task event failed; will retry");
-                    queue
-                        .nack(
-                            &d.lease,
-                            Retry::After(Duration::from_millis(200)),
-                            &e.to_string(),
-                        )
-                        .await
-                        .map(|_| ())
+                    tracing::warn!(goal = %goal, error = %e, "applying task events failed; will retry");
+                    (Duration::from_millis(200), e.to_string())
                 }
             };
-            if let Err(e) = done {
-                tracing::warn!(error = %e, "could not settle a control message; it will be redelivered");
+            for lease in &leases {
+                if let Err(e) = queue.nack(lease, Retry::After(retry), &why).await {
+                    tracing::warn!(error = %e, "could not settle a control message; it will be redelivered");
+                }
             }
         }
     }
 }
 
-async fn handle_poke(inner: &Arc<Inner>, poke: &Poke) -> Result<Handled, Error> {
-    let existing = lock_map(&inner.goals).get(&poke.goal).cloned();
+/// Applies the pokes of one goal, in order, then queues what they made ready.
+async fn handle_pokes(inner: &Arc<Inner>, goal: &GoalId, pokes: &[Poke]) -> Result<Handled, Error> {
+    let existing = lock_map(&inner.goals).get(goal).cloned();
     let cell = match existing {
         Some(c) => c,
-        None => match adopt(inner, &poke.goal).await? {
+        None => match adopt(inner, goal).await? {
             // Adopting rebuilt the goal from the store, which includes this poke's change.
             Adopted::Now => return Ok(Handled::Done),
             Adopted::Finished => return Ok(Handled::Done),
@@ -725,13 +744,24 @@ async fn handle_poke(inner: &Arc<Inner>, poke: &Poke) -> Result<Handled, Error> 
         },
     };
     let mut rt = cell.lock().await;
-    if rt.done {
-        return Ok(Handled::Done);
+    let mut applied = Ok(());
+    for poke in pokes {
+        if rt.done {
+            break;
+        }
+        applied = match &poke.task {
+            Some(task) => rt.on_task(inner, task, poke.state).await,
+            None => rt.on_goal(inner).await,
+        };
+        if applied.is_err() {
+            break;
+        }
     }
-    match &poke.task {
-        Some(task) => rt.on_task(inner, task, poke.state).await?,
-        None => rt.on_goal(inner).await?,
-    }
+    // Queue what the applied pokes made ready even when a later one failed: those records
+    // say `Queued` already. (The failed pokes come back; applying one twice is harmless.)
+    let flushed = rt.flush(inner).await;
+    applied?;
+    flushed?;
     rt.check_finished(inner).await?;
     Ok(Handled::Done)
 }
@@ -785,6 +815,7 @@ async fn adopt(inner: &Arc<Inner>, goal: &GoalId) -> Result<Adopted, Error> {
             name: rt.plan.name.clone(),
         });
     rt.rebuild(inner).await?;
+    rt.flush(inner).await?;
     rt.check_finished(inner).await?;
     Ok(Adopted::Now)
 }
@@ -906,6 +937,9 @@ struct GoalRuntime {
     unsuccessful: usize,
     /// Versions of the records as `submit` wrote them (`None` once used, or after a rebuild).
     versions: Vec<Option<u64>>,
+    /// Tasks marked `Queued` (with their dispatch number) and not yet on their queue; see
+    /// [`GoalRuntime::flush`].
+    to_enqueue: Vec<(usize, u32)>,
     lock: LockGuard,
     done: bool,
 }
@@ -944,6 +978,7 @@ impl GoalRuntime {
             failed: 0,
             unsuccessful: 0,
             versions: Vec::new(),
+            to_enqueue: Vec::new(),
             lock,
             done: false,
         }
@@ -1014,7 +1049,13 @@ impl GoalRuntime {
                 }
                 // The crash may have come between marking it queued and enqueueing it; the
                 // same idempotency key makes the repeat harmless if it did not.
-                TaskState::Queued => self.enqueue(inner, i, None).await?,
+                TaskState::Queued => {
+                    let key = inner.keys.task(&self.id, &self.plan.tasks[i].id);
+                    let dispatch = records::read::<TaskRecord>(&*inner.parts.store, &key)
+                        .await?
+                        .map_or(1, |(r, _)| r.dispatch);
+                    self.to_enqueue.push((i, dispatch));
+                }
                 _ => {}
             }
         }
@@ -1153,25 +1194,81 @@ impl GoalRuntime {
                 });
             return Ok(());
         }
-        self.enqueue(inner, i, Some(rec.dispatch)).await
+        self.to_enqueue.push((i, rec.dispatch));
+        Ok(())
     }
 
-    /// Puts task `i` on its queue. The idempotency key names the dispatch, so repeating this
-    /// after a crash does not queue the task twice.
-    async fn enqueue(
-        &mut self,
-        inner: &Inner,
-        i: usize,
-        dispatch: Option<u32>,
-    ) -> Result<(), Error> {
+    /// Puts the tasks made ready since the last flush on their queues: one `enqueue_batch`
+    /// per queue (and per [`FLUSH_BATCH`] jobs), in the order they became ready. The
+    /// idempotency key names the task's dispatch, so repeating a flush after a failure or a
+    /// crash does not queue a task twice. Tasks not queued because of an error stay for the
+    /// next flush, and the error is returned.
+    async fn flush(&mut self, inner: &Inner) -> Result<(), Error> {
+        if self.to_enqueue.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.to_enqueue);
+        let mut first_error = None;
+        // (capability, jobs, tasks) per queue; plans use few capabilities.
+        let mut batches: Vec<(&str, Vec<NewJob>, Vec<(usize, u32)>)> = Vec::new();
+        let plan = Arc::clone(&self.plan);
+        for (i, dispatch) in pending {
+            let job = match self.job(inner, i, dispatch).await {
+                Ok(job) => job,
+                Err(e) => {
+                    self.to_enqueue.push((i, dispatch));
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            let capability = plan.tasks[i].capability.as_str();
+            match batches.iter_mut().find(|(c, ..)| *c == capability) {
+                Some((_, jobs, tasks)) => {
+                    jobs.push(job);
+                    tasks.push((i, dispatch));
+                }
+                None => batches.push((capability, vec![job], vec![(i, dispatch)])),
+            }
+        }
+        for (capability, jobs, tasks) in batches {
+            let queue = inner.keys.task_queue(capability);
+            let mut jobs = jobs.into_iter();
+            for tasks in tasks.chunks(FLUSH_BATCH) {
+                let chunk: Vec<NewJob> = jobs.by_ref().take(tasks.len()).collect();
+                if first_error.is_some() {
+                    // Keep the order simple after a failure: everything left waits.
+                    self.to_enqueue.extend_from_slice(tasks);
+                    continue;
+                }
+                match inner.parts.queue.enqueue_batch(&queue, chunk).await {
+                    Ok(_) => {
+                        for &(i, _) in tasks {
+                            let spec = &plan.tasks[i];
+                            inner
+                                .parts
+                                .events
+                                .emit_with(Some(&self.id), Some(&spec.id), || {
+                                    EventKind::TaskQueued {
+                                        capability: spec.capability.clone(),
+                                    }
+                                });
+                        }
+                    }
+                    Err(e) => {
+                        self.to_enqueue.extend_from_slice(tasks);
+                        first_error = Some(e.into());
+                    }
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The job that runs dispatch `dispatch` of task `i`: its input with `$from` references
+    /// resolved from the outputs of the tasks it names.
+    async fn job(&self, inner: &Inner, i: usize, dispatch: u32) -> Result<NewJob, Error> {
         let spec = &self.plan.tasks[i];
         let store = &*inner.parts.store;
-        let dispatch = match dispatch {
-            Some(d) => d,
-            None => records::read::<TaskRecord>(store, &inner.keys.task(&self.id, &spec.id))
-                .await?
-                .map_or(1, |(r, _)| r.dispatch),
-        };
         let mut outputs: HashMap<&str, Value> = HashMap::new();
         let mut refs = std::collections::BTreeSet::new();
         crate::plan::collect_references(&spec.input, &mut refs);
@@ -1203,26 +1300,16 @@ impl GoalRuntime {
             deadline_ms: spec.deadline.map(|d| d.as_millis() as u64),
             delegated: false,
         };
-        let payload =
-            serde_json::to_vec(&envelope).map_err(|e| Error::InvalidInput(e.to_string()))?;
-        inner
-            .parts
-            .queue
-            .enqueue(
-                &inner.keys.task_queue(&spec.capability),
-                NewJob::new(payload)
-                    .priority(spec.priority)
-                    .max_attempts(TASK_JOB_MAX_DELIVERIES)
-                    .idempotency_key(format!("{}/{}/{}", self.id, spec.id, dispatch)),
-            )
-            .await?;
-        inner
-            .parts
-            .events
-            .emit_with(Some(&self.id), Some(&spec.id), || EventKind::TaskQueued {
-                capability: spec.capability.clone(),
-            });
-        Ok(())
+        let mut payload = Vec::with_capacity(256);
+        serde_json::to_writer(&mut payload, &envelope)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let dispatch = dispatch.to_string();
+        Ok(NewJob::new(payload)
+            .priority(spec.priority)
+            .max_attempts(TASK_JOB_MAX_DELIVERIES)
+            .idempotency_key(crate::state::concat(&[
+                &self.id.0, "/", &spec.id.0, "/", &dispatch,
+            ])))
     }
 
     /// Continue-on-failure: every task downstream of `failed` is skipped.
@@ -1306,6 +1393,8 @@ impl GoalRuntime {
             .delete(&inner.keys.active(&self.id), Expect::Any)
             .await?;
         self.done = true;
+        // The goal ended: what was not queued yet was cancelled in the store (or finished).
+        self.to_enqueue.clear();
         lock_map(&inner.goals).remove(&self.id);
         if let Err(e) = store.unlock(&self.lock).await {
             tracing::debug!(goal = %self.id, error = %e, "goal lock already gone");

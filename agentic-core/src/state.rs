@@ -209,54 +209,64 @@ impl Keys {
     }
 
     pub(crate) fn goal(&self, goal: &GoalId) -> String {
-        format!("{}/goal/{}", self.ns, goal)
+        concat(&[&self.ns, "/goal/", &goal.0])
     }
 
     pub(crate) fn plan(&self, goal: &GoalId) -> String {
-        format!("{}/goal/{}/plan", self.ns, goal)
+        concat(&[&self.ns, "/goal/", &goal.0, "/plan"])
     }
 
     pub(crate) fn task(&self, goal: &GoalId, task: &TaskId) -> String {
-        format!("{}/goal/{}/task/{}", self.ns, goal, task)
+        concat(&[&self.ns, "/goal/", &goal.0, "/task/", &task.0])
     }
 
     pub(crate) fn tasks_prefix(&self, goal: &GoalId) -> String {
-        format!("{}/goal/{}/task/", self.ns, goal)
+        concat(&[&self.ns, "/goal/", &goal.0, "/task/"])
     }
 
     pub(crate) fn approval(&self, goal: &GoalId, task: &TaskId) -> String {
-        format!("{}/goal/{}/approval/{}", self.ns, goal, task)
+        concat(&[&self.ns, "/goal/", &goal.0, "/approval/", &task.0])
     }
 
     pub(crate) fn approvals_prefix(&self, goal: &GoalId) -> String {
-        format!("{}/goal/{}/approval/", self.ns, goal)
+        concat(&[&self.ns, "/goal/", &goal.0, "/approval/"])
     }
 
     pub(crate) fn active(&self, goal: &GoalId) -> String {
-        format!("{}/active/{}", self.ns, goal)
+        concat(&[&self.ns, "/active/", &goal.0])
     }
 
     pub(crate) fn active_prefix(&self) -> String {
-        format!("{}/active/", self.ns)
+        concat(&[&self.ns, "/active/"])
     }
 
     pub(crate) fn stop(&self) -> String {
-        format!("{}/control/stop", self.ns)
+        concat(&[&self.ns, "/control/stop"])
     }
 
     pub(crate) fn goal_lock(&self, goal: &GoalId) -> String {
-        format!("{}/goal/{}", self.ns, goal)
+        concat(&[&self.ns, "/goal/", &goal.0])
     }
 
     pub(crate) fn tenant_prefix(&self, tenant: &str) -> String {
-        format!("{}/tenant/{}/", self.ns, tenant)
+        concat(&[&self.ns, "/tenant/", tenant, "/"])
     }
 
     pub(crate) fn task_queue(&self, capability: &str) -> String {
-        format!("{}.task.{}", self.ns, capability)
+        concat(&[&self.ns, ".task.", capability])
     }
 
     pub(crate) fn control_queue(&self) -> String {
-        format!("{}.control", self.ns)
+        concat(&[&self.ns, ".control"])
     }
+}
+
+/// Joins `parts` into one string with a single allocation (`format!` with `Display` costs
+/// several times more, and keys are built for every store call on the hot path).
+pub(crate) fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
 }

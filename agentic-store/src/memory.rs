@@ -221,7 +221,11 @@ impl Keys {
             let key = entry.remove();
             // The index is kept in step with the entries, so the version always matches;
             // checking anyway means a bug there can never delete a newer write.
-            if self.entries.get(&*key).is_some_and(|e| e.version == version) {
+            if self
+                .entries
+                .get(&*key)
+                .is_some_and(|e| e.version == version)
+            {
                 self.entries.remove(&*key);
                 self.order.remove(&*key);
             }
