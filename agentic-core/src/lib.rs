@@ -79,6 +79,9 @@ mod serde_ms;
 pub mod state;
 mod worker;
 
+/// The runtime's in-process maps (goal and task ids): a fast hasher, seeded per map.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use agentic_llm as llm;
 pub use agentic_queue as queue;
 pub use agentic_sandbox as sandbox;

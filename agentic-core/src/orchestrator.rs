@@ -26,7 +26,7 @@ use crate::state::{
     TaskState,
 };
 use crate::worker::{TASK_JOB_MAX_DELIVERIES, send_poke};
-use crate::{Error, GoalId, Parts, TaskId};
+use crate::{Error, FastMap, GoalId, Parts, TaskId};
 
 /// Where a goal is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -136,7 +136,7 @@ impl OrchestratorBuilder {
             keys: Keys::new(&self.parts.namespace),
             parts: self.parts,
             config: self.config,
-            goals: Mutex::new(HashMap::new()),
+            goals: Mutex::new(FastMap::default()),
             finished: Notify::new(),
         });
         let control = AbortOnDropHandle::new(tokio::spawn(control_loop(Arc::clone(&inner))));
@@ -171,7 +171,7 @@ struct Inner {
     config: OrchestratorConfig,
     /// Goals this orchestrator drives. A std mutex guards only the map; each goal has its
     /// own async mutex because applying an event awaits the store.
-    goals: Mutex<HashMap<GoalId, Arc<tokio::sync::Mutex<GoalRuntime>>>>,
+    goals: Mutex<FastMap<GoalId, Arc<tokio::sync::Mutex<GoalRuntime>>>>,
     /// Woken whenever a goal driven here finishes.
     finished: Notify,
 }
@@ -702,15 +702,12 @@ async fn control_loop(inner: Arc<Inner>) {
                 None => groups.push((poke.goal.clone(), vec![poke], vec![d.lease])),
             }
         }
+        let mut done = Vec::new();
         for (goal, pokes, leases) in groups {
             let outcome = handle_pokes(&inner, &goal, &pokes).await;
             let (retry, why) = match outcome {
                 Ok(Handled::Done) => {
-                    for lease in &leases {
-                        if let Err(e) = queue.ack(lease).await {
-                            tracing::warn!(error = %e, "could not ack a control message; it will be redelivered");
-                        }
-                    }
+                    done.extend(leases);
                     continue;
                 }
                 Ok(Handled::NotMine) => (
@@ -726,6 +723,17 @@ async fn control_loop(inner: Arc<Inner>) {
                 if let Err(e) = queue.nack(lease, Retry::After(retry), &why).await {
                     tracing::warn!(error = %e, "could not settle a control message; it will be redelivered");
                 }
+            }
+        }
+        // Settled together: one round trip (one lock, for the memory queue) per batch.
+        if !done.is_empty() {
+            let failed = match queue.ack_batch(&done).await {
+                Ok(results) => results.into_iter().filter_map(Result::err).next(),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = failed {
+                // Applying a poke twice is harmless: the redelivery finds nothing new.
+                tracing::warn!(error = %e, "could not ack control messages; they will be redelivered");
             }
         }
     }
@@ -925,7 +933,7 @@ async fn cancel_open_tasks(inner: &Inner, goal: &GoalId, reason: &str) -> Result
 struct GoalRuntime {
     id: GoalId,
     plan: Arc<Plan>,
-    index: HashMap<TaskId, usize>,
+    index: FastMap<TaskId, usize>,
     dependents: Vec<Vec<usize>>,
     deps: Vec<Vec<usize>>,
     /// Dependencies of each task not yet succeeded.
@@ -947,7 +955,7 @@ struct GoalRuntime {
 impl GoalRuntime {
     fn new(id: GoalId, plan: Arc<Plan>, lock: LockGuard) -> Self {
         let n = plan.tasks.len();
-        let index: HashMap<TaskId, usize> = plan
+        let index: FastMap<TaskId, usize> = plan
             .tasks
             .iter()
             .enumerate()

@@ -67,16 +67,16 @@ pub struct TaskSpec {
     /// The task's input. Any object of the form `{"$from": "<task id>"}` (optionally with
     /// `"pointer": "/json/pointer"`) is replaced by that dependency's output before the
     /// task runs.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub input: Value,
     /// Tasks that must succeed first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<TaskId>,
     /// `0..=9`, higher first.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: u8,
     /// Attempts and backoff.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
     pub retry: RetryPolicy,
     /// Longest a single attempt may run before it is cancelled and counted as failed.
     #[serde(
@@ -86,9 +86,16 @@ pub struct TaskSpec {
     )]
     pub deadline: Option<Duration>,
     /// Hold the task until a human approves it (see `Orchestrator::approve`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requires_approval: bool,
 }
+
+// Fields at their defaults are left out of the stored plan: it stays readable, and storing
+// a 10,000-task plan does not write the same retry policy 10,000 times.
+fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
 
 impl TaskSpec {
     /// A task `id` for agents with `capability`, no input and no dependencies.

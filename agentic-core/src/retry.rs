@@ -25,6 +25,13 @@ pub struct RetryPolicy {
     pub jitter: bool,
 }
 
+impl RetryPolicy {
+    /// True for the default policy (which plans and task envelopes leave out of their JSON).
+    pub fn is_default(&self) -> bool {
+        *self == RetryPolicy::default()
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {

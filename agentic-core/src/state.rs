@@ -171,14 +171,16 @@ pub struct TaskEnvelope {
     /// The tenant whose store scope the agent gets.
     pub tenant: String,
     /// The input, references already resolved.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub input: Value,
     /// Attempts and backoff.
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
     pub retry: RetryPolicy,
     /// Per-run deadline, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
     /// True for subtasks created by `AgentContext::delegate` (not part of the plan).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delegated: bool,
 }
 

@@ -1,6 +1,5 @@
 //! Workers: take tasks off the queues, run agents under a lease heartbeat, record results.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use crate::event::EventKind;
 use crate::orchestrator::GoalStatus;
 use crate::records::{self, Modified};
 use crate::state::{GoalRecord, Keys, Poke, StopRecord, TaskEnvelope, TaskRecord, TaskState};
-use crate::{Error, GoalId, Parts};
+use crate::{Error, FastMap, GoalId, Parts};
 
 /// Deliveries a task job may have on its queue. Runs and failures are counted in the task's
 /// record, not by the queue (an emergency stop gives jobs back without counting a failure),
@@ -108,7 +107,7 @@ impl WorkerBuilder {
             config: self.config,
             stopped: stop_rx,
             shutdown: shutdown.clone(),
-            running_goals: Mutex::new(HashMap::new()),
+            running_goals: Mutex::new(FastMap::default()),
         });
         let mut handles = Vec::new();
         handles.push(AbortOnDropHandle::new(tokio::spawn(watch_stop_flag(
@@ -191,7 +190,7 @@ struct WorkerInner {
     /// Goals recently seen running, so a burst of tasks of one goal reads its record once per
     /// `stop_poll` instead of once per task. A cancel is still seen within `stop_poll` at
     /// pickup, and by running tasks at their next heartbeat.
-    running_goals: Mutex<HashMap<GoalId, tokio::time::Instant>>,
+    running_goals: Mutex<FastMap<GoalId, tokio::time::Instant>>,
 }
 
 impl WorkerInner {
@@ -302,7 +301,10 @@ async fn consume(
                     let agent = Arc::clone(&agent);
                     let agent_name = agent_name.clone();
                     runs.spawn(async move {
-                        handle_delivery(&inner, &*agent, &agent_name, delivery).await;
+                        // Boxed: the run's state is a few KB, and tokio copies a spawned
+                        // future into its task cell (and aligns that allocation); a box
+                        // keeps the cell small and the state is written once.
+                        Box::pin(handle_delivery(&inner, &*agent, &agent_name, delivery)).await;
                         drop(permit);
                     });
                 }
@@ -508,25 +510,36 @@ async fn run_task(
         max_attempts,
         tenant: env.tenant.clone(),
     };
-    // The guard runs in this task beside the agent (no spawn per delivery): it heartbeats,
-    // watches the stop flag and the goal, and ends the select when it cancels the run.
-    let guard = guard_run(
-        Arc::clone(&inner.parts.queue),
-        Arc::clone(&inner.parts.store),
-        goal_key.clone(),
-        Arc::clone(&shared_lease),
-        inner.config.lease,
-        inner.stopped.clone(),
-        cancel.clone(),
-        Arc::clone(&cut_short),
-        inner.shutdown.clone(),
-    );
     let started = tokio::time::Instant::now();
     let deadline = env.deadline_ms.map(Duration::from_millis);
-    let outcome = tokio::select! {
-        r = run_with_deadline(agent, &task, &cx, deadline) => r,
-        () = guard => Err(AgentError::cancelled()),
-        _ = cancel.cancelled() => Err(AgentError::cancelled()),
+    let mut run = std::pin::pin!(run_with_deadline(agent, &task, &cx, deadline));
+    // An agent that finishes at its first poll needs no heartbeat: the guard (and its
+    // timers) is only set up, on the heap, for runs that wait. That keeps the per-delivery
+    // task small and cheap to spawn.
+    let outcome = match futures::poll!(run.as_mut()) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => {
+            // The guard runs in this task beside the agent (no spawn per delivery): it
+            // heartbeats, watches the stop flag and the goal, and ends the select when it
+            // cancels the run.
+            let guard = Box::pin(guard_run(
+                Arc::clone(&inner.parts.queue),
+                Arc::clone(&inner.parts.store),
+                goal_key.clone(),
+                Arc::clone(&shared_lease),
+                inner.config.lease,
+                inner.stopped.clone(),
+                cancel.clone(),
+                Arc::clone(&cut_short),
+                inner.shutdown.clone(),
+            ));
+            tokio::select! {
+                biased;
+                r = run.as_mut() => r,
+                () = guard => Err(AgentError::cancelled()),
+                _ = cancel.cancelled() => Err(AgentError::cancelled()),
+            }
+        }
     };
     let elapsed = started.elapsed();
     let lease = match shared_lease.lock() {

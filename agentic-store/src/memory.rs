@@ -81,7 +81,7 @@ struct Keys {
     /// Every entry (live, or expired and not yet pruned) by key. Point reads and writes, the
     /// hot path, are one hash lookup: keys such as `ns/goal/<id>/task/<id>` share long
     /// prefixes, and an ordered map compares those prefixes again at every level.
-    entries: HashMap<Arc<str>, Entry>,
+    entries: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
     /// The same keys in order, for prefix scans; shares each key's allocation with `entries`.
     order: BTreeSet<Arc<str>>,
     /// Keys with a TTL, ordered by when they expire. The version makes the map key unique
