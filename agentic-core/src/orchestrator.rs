@@ -281,27 +281,27 @@ impl Orchestrator {
 
     async fn result(&self, goal: &GoalId, record: GoalRecord) -> Result<GoalResult, Error> {
         let tasks = self.task_records(goal).await?;
-        let mut result = GoalResult {
-            goal: goal.clone(),
-            status: record.status,
-            reason: record.reason,
-            outputs: BTreeMap::new(),
-            errors: BTreeMap::new(),
-            states: BTreeMap::new(),
-        };
+        // Collected into vectors first: the scan returns keys in order, and a map built
+        // from a sorted vector is built in one pass instead of by a search per insert.
+        let mut states = Vec::with_capacity(tasks.len());
+        let mut outputs = Vec::with_capacity(tasks.len());
+        let mut errors = Vec::new();
         for (id, rec) in tasks {
-            result.states.insert(id.clone(), rec.state);
+            states.push((id.clone(), rec.state));
             match rec.state {
-                TaskState::Succeeded => {
-                    result.outputs.insert(id, rec.output.unwrap_or(Value::Null));
-                }
-                TaskState::Failed => {
-                    result.errors.insert(id, rec.error.unwrap_or_default());
-                }
+                TaskState::Succeeded => outputs.push((id, rec.output.unwrap_or(Value::Null))),
+                TaskState::Failed => errors.push((id, rec.error.unwrap_or_default())),
                 _ => {}
             }
         }
-        Ok(result)
+        Ok(GoalResult {
+            goal: goal.clone(),
+            status: record.status,
+            reason: record.reason,
+            outputs: outputs.into_iter().collect(),
+            errors: errors.into_iter().collect(),
+            states: states.into_iter().collect(),
+        })
     }
 
     /// Every task record of a goal (plan tasks only, not delegated subtasks).

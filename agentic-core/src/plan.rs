@@ -96,7 +96,6 @@ fn is_zero(v: &u8) -> bool {
     *v == 0
 }
 
-
 impl TaskSpec {
     /// A task `id` for agents with `capability`, no input and no dependencies.
     pub fn new(id: impl Into<TaskId>, capability: impl Into<String>) -> Self {
@@ -275,7 +274,8 @@ impl Plan {
         if self.tasks.is_empty() {
             return Err(PlanError::Empty);
         }
-        let mut index: HashMap<&str, usize> = HashMap::with_capacity(self.tasks.len());
+        let mut index: crate::FastMap<&str, usize> =
+            crate::FastMap::with_capacity_and_hasher(self.tasks.len(), Default::default());
         for (i, t) in self.tasks.iter().enumerate() {
             if t.id.0.is_empty() || t.id.0.contains('/') {
                 return Err(PlanError::InvalidTaskId(t.id.clone()));

@@ -15,7 +15,7 @@ use crate::event::EventKind;
 use crate::orchestrator::GoalStatus;
 use crate::records::{self, Modified};
 use crate::state::{GoalRecord, Keys, Poke, StopRecord, TaskEnvelope, TaskRecord, TaskState};
-use crate::{Error, FastMap, GoalId, Parts};
+use crate::{Error, FastMap, GoalId, Parts, TaskId};
 
 /// Deliveries a task job may have on its queue. Runs and failures are counted in the task's
 /// record, not by the queue (an emergency stop gives jobs back without counting a failure),
@@ -341,8 +341,8 @@ async fn handle_delivery(
 ) {
     let queue = &inner.parts.queue;
     let events = &inner.parts.events;
-    let lease = delivery.lease.clone();
-    let envelope: TaskEnvelope = match serde_json::from_slice(&delivery.payload) {
+    let lease = &delivery.lease;
+    let mut envelope: TaskEnvelope = match serde_json::from_slice(&delivery.payload) {
         Ok(e) => e,
         Err(e) => {
             let reason = format!("undecodable task payload: {e}");
@@ -350,18 +350,18 @@ async fn handle_delivery(
                 queue: lease.queue.clone(),
                 reason: reason.clone(),
             });
-            if let Err(e) = queue.nack(&lease, Retry::DeadLetter, &reason).await {
+            if let Err(e) = queue.nack(lease, Retry::DeadLetter, &reason).await {
                 tracing::warn!(error = %e, "could not dead-letter a poison task job");
             }
             return;
         }
     };
-    if let Err(e) = run_task(inner, agent, agent_name, &delivery, &envelope).await {
+    if let Err(e) = run_task(inner, agent, agent_name, &delivery, &mut envelope).await {
         // Store or queue trouble: give the job back for a later try rather than lose it.
         tracing::warn!(goal = %envelope.goal, task = %envelope.task, error = %e, "task handling failed; job returned to the queue");
         let _ = queue
             .nack(
-                &lease,
+                lease,
                 Retry::After(Duration::from_millis(500)),
                 &e.to_string(),
             )
@@ -374,7 +374,7 @@ async fn run_task(
     agent: &dyn Agent,
     agent_name: &str,
     delivery: &Delivery,
-    env: &TaskEnvelope,
+    env: &mut TaskEnvelope,
 ) -> Result<(), Error> {
     let store = &*inner.parts.store;
     let queue = &inner.parts.queue;
@@ -386,7 +386,6 @@ async fn run_task(
             .await?;
         return Ok(());
     }
-    let goal_key = inner.keys.goal(&env.goal);
     let task_key = inner.keys.task(&env.goal, &env.task);
     let Some(goal_status) = inner.goal_status(&env.goal).await? else {
         let reason = format!("goal {} does not exist", env.goal);
@@ -407,7 +406,7 @@ async fn run_task(
     // Claim the task. A record still `Running` means the previous run's worker stopped
     // heartbeating (it died or stalled past its lease): that run counts as a failure.
     let max_attempts = env.retry.max_attempts.max(1);
-    let worker_name = inner.config.name.clone();
+    let worker_name = &inner.config.name;
     let claimed = records::modify::<TaskRecord, _>(store, &task_key, |r| match r.state {
         TaskState::Queued => {
             r.state = TaskState::Running;
@@ -501,47 +500,56 @@ async fn run_task(
         delegations: Mutex::new(0),
         poll_interval: Duration::from_millis(200),
     };
-    let task = Task {
-        goal: env.goal.clone(),
-        id: env.task.clone(),
-        capability: env.capability.clone(),
-        input: env.input.clone(),
+    // The task lends its fields to the agent's `Task` for the run (moved, not copied) and
+    // gets them back after it.
+    let mut task = Task {
+        goal: std::mem::replace(&mut env.goal, GoalId(String::new())),
+        id: std::mem::replace(&mut env.task, TaskId(String::new())),
+        capability: std::mem::take(&mut env.capability),
+        input: std::mem::take(&mut env.input),
         attempt: my_run,
         max_attempts,
-        tenant: env.tenant.clone(),
+        tenant: std::mem::take(&mut env.tenant),
     };
     let started = tokio::time::Instant::now();
     let deadline = env.deadline_ms.map(Duration::from_millis);
-    let mut run = std::pin::pin!(run_with_deadline(agent, &task, &cx, deadline));
-    // An agent that finishes at its first poll needs no heartbeat: the guard (and its
-    // timers) is only set up, on the heap, for runs that wait. That keeps the per-delivery
-    // task small and cheap to spawn.
-    let outcome = match futures::poll!(run.as_mut()) {
-        std::task::Poll::Ready(r) => r,
-        std::task::Poll::Pending => {
-            // The guard runs in this task beside the agent (no spawn per delivery): it
-            // heartbeats, watches the stop flag and the goal, and ends the select when it
-            // cancels the run.
-            let guard = Box::pin(guard_run(
-                Arc::clone(&inner.parts.queue),
-                Arc::clone(&inner.parts.store),
-                goal_key.clone(),
-                Arc::clone(&shared_lease),
-                inner.config.lease,
-                inner.stopped.clone(),
-                cancel.clone(),
-                Arc::clone(&cut_short),
-                inner.shutdown.clone(),
-            ));
-            tokio::select! {
-                biased;
-                r = run.as_mut() => r,
-                () = guard => Err(AgentError::cancelled()),
-                _ = cancel.cancelled() => Err(AgentError::cancelled()),
+    let outcome = {
+        let mut run = std::pin::pin!(run_with_deadline(agent, &task, &cx, deadline));
+        // An agent that finishes at its first poll needs no heartbeat: the guard (and its
+        // timers) is only set up, on the heap, for runs that wait. That keeps the per-delivery
+        // task small and cheap to spawn.
+        let outcome = match futures::poll!(run.as_mut()) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => {
+                // The guard runs in this task beside the agent (no spawn per delivery): it
+                // heartbeats, watches the stop flag and the goal, and ends the select when it
+                // cancels the run.
+                let guard = Box::pin(guard_run(
+                    Arc::clone(&inner.parts.queue),
+                    Arc::clone(&inner.parts.store),
+                    inner.keys.goal(&task.goal),
+                    Arc::clone(&shared_lease),
+                    inner.config.lease,
+                    inner.stopped.clone(),
+                    cancel.clone(),
+                    Arc::clone(&cut_short),
+                    inner.shutdown.clone(),
+                ));
+                tokio::select! {
+                    biased;
+                    r = run.as_mut() => r,
+                    () = guard => Err(AgentError::cancelled()),
+                    _ = cancel.cancelled() => Err(AgentError::cancelled()),
+                }
             }
-        }
+        };
+        outcome
     };
     let elapsed = started.elapsed();
+    env.goal = std::mem::replace(&mut task.goal, GoalId(String::new()));
+    env.task = std::mem::replace(&mut task.id, TaskId(String::new()));
+    env.capability = std::mem::take(&mut task.capability);
+    env.tenant = std::mem::take(&mut task.tenant);
     let lease = match shared_lease.lock() {
         Ok(l) => l.clone(),
         Err(p) => p.into_inner().clone(),

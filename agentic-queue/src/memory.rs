@@ -111,7 +111,7 @@ pub struct MemoryQueue {
     config: MemoryQueueConfig,
     /// Queues by name. A `RwLock` because after a queue's first use every access is a
     /// lookup; the write lock is only taken to create a queue.
-    queues: RwLock<HashMap<String, Arc<Shared>>>,
+    queues: RwLock<HashMap<String, Arc<Shared>, foldhash::fast::RandomState>>,
     /// Source of job sequence numbers (and so job ids). One counter for all queues so an id
     /// names one job even without its queue name.
     next_seq: AtomicU64,
@@ -127,7 +127,7 @@ impl MemoryQueue {
     pub fn with_config(config: MemoryQueueConfig) -> Self {
         MemoryQueue {
             config,
-            queues: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::default()),
             next_seq: AtomicU64::new(1),
         }
     }
@@ -307,11 +307,13 @@ struct State {
     delayed: BTreeSet<(Instant, u64)>,
     leased: BTreeSet<(Instant, u64)>,
     dead: VecDeque<DeadJob>,
-    /// Idempotency key -> sequence number of the job it created.
-    keys: HashMap<String, u64>,
+    /// Idempotency key -> sequence number of the job it created. Every task of a goal
+    /// has one, so this is on the hot path: a fast (per-map seeded) hasher, and the key
+    /// string shared with `key_expiry` rather than copied.
+    keys: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
     /// The keys in `keys` in order of expiry. The window is the same for every key, so
     /// that is also the order they were recorded in: pruning only ever looks at the front.
-    key_expiry: VecDeque<(Instant, String)>,
+    key_expiry: VecDeque<(Instant, Arc<str>)>,
 }
 
 impl State {
@@ -323,7 +325,7 @@ impl State {
             delayed: BTreeSet::new(),
             leased: BTreeSet::new(),
             dead: VecDeque::new(),
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             key_expiry: VecDeque::new(),
         }
     }
@@ -413,7 +415,7 @@ impl State {
             && *expires <= now
         {
             if let Some((_, key)) = self.key_expiry.pop_front() {
-                self.keys.remove(&key);
+                self.keys.remove(&*key);
             }
         }
     }
@@ -566,12 +568,13 @@ impl TaskQueue for MemoryQueue {
                 .fetch_add(jobs.len() as u64, Ordering::Relaxed);
             for (seq, job) in (first..).zip(jobs) {
                 if let Some(key) = job.idempotency_key {
-                    if let Some(&existing) = state.keys.get(&key) {
+                    if let Some(&existing) = state.keys.get(key.as_str()) {
                         results.push((existing, true));
                         continue;
                     }
                     let expires = later(now, self.config.dedupe_window);
-                    state.key_expiry.push_back((expires, key.clone()));
+                    let key: Arc<str> = Arc::from(key);
+                    state.key_expiry.push_back((expires, Arc::clone(&key)));
                     state.keys.insert(key, seq);
                 }
                 let place = if job.delay.is_zero() {
