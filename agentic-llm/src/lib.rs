@@ -148,9 +148,14 @@ pub async fn collect_stream_with(
     acc.finish()
 }
 
+/// The boxed future an `#[async_trait]` method returns.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+// Written out rather than with `#[async_trait]`: that would wrap the inner provider's boxed
+// future in a second box (one more allocation and one more indirection per call, for every
+// provider held as `Arc<dyn LlmProvider>` or `Box<dyn LlmProvider>`); these hand it back as is.
 macro_rules! forward_llm {
     ($($ty:ty),*) => {$(
-        #[async_trait]
         impl<T: LlmProvider + ?Sized> LlmProvider for $ty {
             fn name(&self) -> &str {
                 (**self).name()
@@ -158,11 +163,25 @@ macro_rules! forward_llm {
             fn capabilities(&self) -> ProviderCapabilities {
                 (**self).capabilities()
             }
-            async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-                (**self).complete(request).await
+            fn complete<'life0, 'async_trait>(
+                &'life0 self,
+                request: ChatRequest,
+            ) -> BoxFuture<'async_trait, Result<ChatResponse, LlmError>>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).complete(request)
             }
-            async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-                (**self).stream(request).await
+            fn stream<'life0, 'async_trait>(
+                &'life0 self,
+                request: ChatRequest,
+            ) -> BoxFuture<'async_trait, Result<EventStream, LlmError>>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).stream(request)
             }
         }
     )*};
