@@ -8,8 +8,10 @@
 -- `<priority>,<max_attempts>,<headers length>;` then the headers (JSON, or nothing) and the
 -- payload, encoded and decoded by the client, so enqueue is one MSET and dequeue one MGET
 -- for a whole batch; scripts read only the header (GETRANGE), and only on rare paths.
--- `state:<id>` is a hash that exists only once a delivery of the job ended without an ack:
--- attempts (deliveries that ended so), last_error, and for dead letters reason and dead_at.
+-- `state` is one hash per queue with a field per job that had a delivery end without an
+-- ack: `<attempts>,<dead_at ms or empty>;<last error>` (for a dead letter the last error
+-- is the reason). While no job has any, the hash does not exist and an ack skips it
+-- after one EXISTS.
 --
 -- Entries of the ready lists and of `delayed` are `<id>` for a job never given back, else
 -- `<id>:<attempts>`, so a dequeue knows the attempt without reading anything; only an
@@ -30,6 +32,13 @@ local LEASED = base .. 'leased'
 local DELAYED = base .. 'delayed'
 local DEAD = base .. 'dead'
 local SEQ = base .. 'seq'
+local STATE = base .. 'state'
+-- A permanent member of `leased` at +inf, longer than `zset-max-listpack-value` (64 by
+-- default): it keeps the set in skiplist encoding, where ZADD, ZMSCORE and ZREM are O(log
+-- n) per lease, instead of the compact listpack Redis uses for a small set, where each is a
+-- linear scan and a batch of 100 leases costs about twice as much. No lease matches it (a
+-- lease member always ends in ':<digits>'), +inf is never due, and `stats` leaves it out.
+local LEASED_SENTINEL = 'agentic-leased-set-keeps-skiplist-encoding-with-this-member-longer-than-64-bytes'
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -37,7 +46,6 @@ local function now_ms()
 end
 
 local function job_key(id) return base .. 'job:' .. id end
-local function state_key(id) return base .. 'state:' .. id end
 local function ready_key(p) return base .. 'ready:' .. p end
 
 -- The `leased` member of the delivery of `id` with `token` (`lease_id` below reads the
@@ -53,6 +61,19 @@ local function split_entry(e)
 end
 
 local function lease_id(member) return (split_entry(member)) end
+
+-- A job's state: attempts so far, dead_at ('' unless dead), last error (or nil).
+local function read_state(id)
+  local s = redis.call('HGET', STATE, id)
+  if not s then return 0, '', nil end
+  local c = string.find(s, ',', 1, true)
+  local e = string.find(s, ';', c + 1, true)
+  return tonumber(string.sub(s, 1, c - 1)), string.sub(s, c + 1, e - 1), string.sub(s, e + 1)
+end
+
+local function write_state(id, attempts, dead_at, err)
+  redis.call('HSET', STATE, id, attempts .. ',' .. dead_at .. ';' .. (err or ''))
+end
 
 -- The job's priority and max_attempts from its header; nil when the job is gone.
 local function job_head(id)
@@ -74,14 +95,16 @@ end
 -- Moves a job to the dead-letter list after `attempts` deliveries and trims the list to
 -- `max_dead` (0: unbounded); trimmed jobs are deleted, so memory stays bounded.
 local function dead_letter(id, reason, now, max_dead, attempts)
-  redis.call('HSET', state_key(id), 'reason', reason, 'dead_at', now, 'last_error', reason,
-    'attempts', attempts)
+  write_state(id, attempts, now, reason)
   redis.call('RPUSH', DEAD, id)
   if max_dead > 0 then
     local excess = redis.call('LLEN', DEAD) - max_dead
     while excess > 0 do
       local old = redis.call('LPOP', DEAD)
-      if old then redis.call('DEL', job_key(old), state_key(old)) end
+      if old then
+        redis.call('DEL', job_key(old))
+        redis.call('HDEL', STATE, old)
+      end
       excess = excess - 1
     end
   end
@@ -94,13 +117,12 @@ end
 local function give_back(id, dead, now, max_dead, err, retry)
   local p, max = job_head(id)
   if not p then return false end
-  local sk = state_key(id)
-  local attempts = (tonumber(redis.call('HGET', sk, 'attempts')) or 0) + 1
+  local attempts = read_state(id) + 1
   if dead or attempts >= max then
     dead_letter(id, err(attempts, true), now, max_dead, attempts)
     return true
   end
-  redis.call('HSET', sk, 'attempts', attempts, 'last_error', err(attempts, false))
+  write_state(id, attempts, '', err(attempts, false))
   retry(p, id .. ':' .. attempts)
   return false
 end

@@ -5,10 +5,12 @@ local out = {}
 for _, id in ipairs(ids) do
   local job = redis.call('GET', job_key(id))
   if job then
-    local f = redis.call('HMGET', state_key(id), 'attempts', 'reason', 'dead_at')
+    local attempts, dead_at, reason = read_state(id)
     out[#out + 1] = id
     out[#out + 1] = job
-    for j = 1, 3 do out[#out + 1] = f[j] or '' end
+    out[#out + 1] = attempts
+    out[#out + 1] = reason or ''
+    out[#out + 1] = dead_at
   end
 end
 return out

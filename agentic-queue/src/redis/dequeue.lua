@@ -5,7 +5,8 @@
 -- attempt, last_error.
 --
 -- Per call, whatever the batch: the LPOPs, one MGET, one INCRBY for all the tokens and
--- one ZADD for all the leases. Nothing is written to a job on delivery.
+-- one ZADD for all the leases (and the sentinel, see common.lua). Nothing is written to a
+-- job on delivery.
 local want = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local now = now_ms()
@@ -34,7 +35,8 @@ for p = 9, 0, -1 do
         out[o + 2] = jobs[i]
         out[o + 3] = atts[i] + 1
         if marked[i] then
-          out[o + 4] = redis.call('HGET', state_key(id), 'last_error')
+          local _, _, err = read_state(id)
+          out[o + 4] = err or false
         else
           out[o + 4] = false
         end
@@ -45,14 +47,14 @@ for p = 9, 0, -1 do
 end
 if #ids > 0 then
   local first = redis.call('INCRBY', SEQ, #ids) - #ids + 1
-  local leases = {}
+  local leases = { '+inf', LEASED_SENTINEL }
   local expiry = tostring(now + lease)
   for i, id in ipairs(ids) do
-    leases[2 * i - 1] = expiry
+    leases[2 * i + 1] = expiry
     local token = first + i - 1
     -- tostring prints integers below 1e14 exactly; past that, format them in full.
     if token >= 1e14 then token = string.format('%.0f', token) end
-    leases[2 * i] = lease_member(id, token)
+    leases[2 * i + 2] = lease_member(id, token)
   end
   call_sliced('ZADD', LEASED, leases)
   out[1] = first

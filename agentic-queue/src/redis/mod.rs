@@ -13,7 +13,7 @@
 //! | `<prefix>:{q}:leased` | sorted set | `<id>:<token>` by lease expiry (ms): the per-job leases |
 //! | `<prefix>:{q}:dead` | list | dead-lettered ids, oldest first (trimmed to `dead_letter_max`) |
 //! | `<prefix>:{q}:job:<id>` | string | the job, written once: `<priority>,<max_attempts>,<headers length>;`, the headers (JSON) and the payload |
-//! | `<prefix>:{q}:state:<id>` | hash | only once a delivery ended without an ack: attempts, last_error; for dead letters reason, dead_at |
+//! | `<prefix>:{q}:state` | hash | per job whose delivery ended without an ack: `<attempts>,<dead_at>;<last error>` (absent while there is none) |
 //! | `<prefix>:{q}:seq` | counter | fencing tokens: every delivery of any job of the queue takes the next one |
 //! | `<prefix>:{q}:idem:<key>` | string | the job id for an idempotency key, expiring after `dedupe_window` |
 //!
@@ -36,9 +36,9 @@
 //! current exactly when that member is there with an expiry in the future. The job itself
 //! is one string the client encodes and decodes, so whatever the batch size an enqueue is
 //! one `MSET` (plus an `RPUSH` per priority), a dequeue one `LPOP`, one `MGET`, one `INCRBY`
-//! and one `ZADD`, and an ack one `ZMSCORE`, one `ZREM` and one `DEL`. The attempt count
-//! lives in the ready entry and in `state`, which is written only when a delivery ends
-//! without an ack (nack or expired lease).
+//! and one `ZADD`, and an ack one `ZMSCORE`, one `ZREM`, one `DEL` and one `EXISTS`. The
+//! attempt count lives in the ready entry and in `state`, which is written only when a
+//! delivery ends without an ack (nack or expired lease).
 //!
 //! # Waiting
 //!
@@ -413,7 +413,8 @@ impl TaskQueue for RedisQueue {
             return Ok(Vec::new());
         }
         let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(5);
+        let max_pause = self.config.max_poll_interval.max(Duration::from_millis(1));
+        let mut pause = Duration::from_millis(5).min(max_pause);
         loop {
             let got = self.dequeue_once(&base, max, lease).await?;
             let now = tokio::time::Instant::now();
@@ -421,7 +422,7 @@ impl TaskQueue for RedisQueue {
                 return Ok(got);
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(self.config.max_poll_interval.max(Duration::from_millis(1)));
+            pause = (pause * 2).min(max_pause);
         }
     }
 
@@ -452,8 +453,12 @@ impl TaskQueue for RedisQueue {
             let script = &self.scripts.ack;
             for chunk in idx.chunks(ACK_CHUNK) {
                 let mut cmd = evalsha(script, &base);
+                cmd.arg(chunk.len());
                 for &i in chunk {
-                    cmd.arg(leases[i].job_id.as_str()).arg(leases[i].token);
+                    cmd.arg(LeaseMember(leases[i].job_id.as_str(), leases[i].token));
+                }
+                for &i in chunk {
+                    cmd.arg(JobKey(&base, leases[i].job_id.as_str()));
                 }
                 let cmd = &cmd;
                 let (codes, repeat) = self
@@ -621,6 +626,29 @@ async fn eval<T: redis::FromRedisValue>(
             cmd.query_async(conn).await
         }
         other => other,
+    }
+}
+
+/// The `leased` member of a delivery, `<id>:<token>`, written straight into the command.
+struct LeaseMember<'a>(&'a str, u64);
+
+impl redis::ToRedisArgs for LeaseMember<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        // Writing into the command's own buffer cannot fail.
+        let _ = write!(w, "{}:{}", self.0, self.1);
+    }
+}
+
+/// A job's key, `<base>job:<id>`, written straight into the command.
+struct JobKey<'a>(&'a str, &'a str);
+
+impl redis::ToRedisArgs for JobKey<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        let _ = write!(w, "{}job:{}", self.0, self.1);
     }
 }
 

@@ -5,9 +5,8 @@ for _, id in ipairs(ARGV) do
   if redis.call('LREM', DEAD, 1, id) > 0 then
     local p = job_head(id)
     if p then
-      local sk = state_key(id)
-      redis.call('HSET', sk, 'attempts', 0)
-      redis.call('HDEL', sk, 'reason', 'dead_at')
+      local _, _, err = read_state(id)
+      write_state(id, 0, '', err)
       -- With attempts, so the next delivery reads the kept last_error.
       redis.call('RPUSH', ready_key(p), id .. ':0')
       moved = moved + 1

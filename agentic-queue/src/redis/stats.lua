@@ -8,4 +8,6 @@ for p = 0, 9 do ready = ready + redis.call('LLEN', ready_key(p)) end
 local next_due = -1
 local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
 if first[2] then next_due = math.max(0, tonumber(first[2]) - now) end
-return { ready, redis.call('ZCARD', DELAYED), redis.call('ZCARD', LEASED), redis.call('LLEN', DEAD), next_due }
+local leased = redis.call('ZCARD', LEASED)
+if leased > 0 and redis.call('ZSCORE', LEASED, LEASED_SENTINEL) then leased = leased - 1 end
+return { ready, redis.call('ZCARD', DELAYED), leased, redis.call('LLEN', DEAD), next_due }
