@@ -14,7 +14,8 @@
 //! get, put and CAS beside GET and SET), so a round's ratio compares the two under the same
 //! neighbours' load on a shared machine; printed are each round's figures, and the median
 //! of the per-round ratios, which a single noisy round cannot move. `AGENTIC_BENCH_PART`
-//! `queue` or `store` runs only that half (for profiling one side).
+//! `queue` or `store` runs only that half, `queue-ours` or `queue-raw` only one side of the
+//! queue (for profiling).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -70,11 +71,15 @@ fn main() {
         for _ in 0..rounds {
             let (mut ours, mut raw) = (f64::NAN, f64::NAN);
             if part != "store" {
-                ours = queue_ours(&url, &prefix, jobs).await;
-                raw = queue_raw(&url, &prefix, jobs).await;
+                if part != "queue-raw" {
+                    ours = queue_ours(&url, &prefix, jobs).await;
+                }
+                if part != "queue-ours" {
+                    raw = queue_raw(&url, &prefix, jobs).await;
+                }
             }
             let (mut get, mut raw_get, mut put, mut raw_set, mut cas) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
-            if part != "queue" {
+            if !part.starts_with("queue") {
                 (get, raw_get, put, raw_set, cas) = store_round(&store, &raw_conn, &prefix, &value).await;
             }
             figures.push([ours, raw, get, raw_get, put, raw_set, cas]);
