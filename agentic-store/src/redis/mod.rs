@@ -225,6 +225,43 @@ impl RedisStore {
     }
 }
 
+/// The key of a value, `<base>kv:<key>`, written straight into the command buffer.
+struct KvKey<'a>(&'a str, &'a str);
+
+impl redis::ToRedisArgs for KvKey<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        let mut w = out.writer_for_next_arg();
+        std::io::Write::write_all(&mut w, self.0.as_bytes()).ok();
+        std::io::Write::write_all(&mut w, b"kv:").ok();
+        std::io::Write::write_all(&mut w, self.1.as_bytes()).ok();
+    }
+}
+
+/// `EVALSHA <script> 1 <base>`; add the arguments, then run it with [`eval`]. Built
+/// directly as one command buffer rather than through `redis::ScriptInvocation`, which
+/// holds every argument in a vector of its own and copies them all again per call.
+fn evalsha(script: &redis::Script, base: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(1).arg(base);
+    cmd
+}
+
+/// Runs an [`evalsha`] command; when the server does not know the script (restarted,
+/// `SCRIPT FLUSH`), loads it and runs the command again.
+async fn eval<T: redis::FromRedisValue>(
+    conn: &mut ConnectionManager,
+    script: &redis::Script,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
 fn expect_arg(expect: Expect) -> String {
     match expect {
         Expect::Any => "any".to_owned(),
@@ -271,19 +308,14 @@ impl StateStore for RedisStore {
 
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         Self::check_key(key)?;
-        let k = format!("{}kv:{key}", self.base);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(KvKey(&self.base, key)).arg("v").arg("ver");
+        let cmd = &cmd;
         let (v, ver): (Option<Vec<u8>>, Option<u64>) = self
-            .run("get", |mut conn| {
-                let k = k.clone();
-                async move {
-                    redis::cmd("HMGET")
-                        .arg(k)
-                        .arg("v")
-                        .arg("ver")
-                        .query_async(&mut conn)
-                        .await
-                }
-            })
+            .run(
+                "get",
+                |mut conn| async move { cmd.query_async(&mut conn).await },
+            )
             .await?;
         Ok(match (v, ver) {
             (Some(v), Some(version)) => Some(Versioned {
@@ -298,27 +330,32 @@ impl StateStore for RedisStore {
         Self::check_key(key)?;
         let ttl = opts.ttl.map(Self::ttl_ms).transpose()?.unwrap_or(0);
         let script = &self.scripts.put;
-        let (base, expect) = (&*self.base, expect_arg(opts.expect));
-        let publish = if self.config.publish_changes {
+        let mut cmd = evalsha(script, &self.base);
+        cmd.arg(key).arg(value.as_slice());
+        match opts.expect {
+            Expect::Any => cmd.arg("any"),
+            Expect::Absent => cmd.arg("absent"),
+            Expect::Version(v) => cmd.arg(v),
+        };
+        cmd.arg(ttl).arg(if self.config.publish_changes {
             "1"
         } else {
             "0"
-        };
-        let (value, expect) = (&value, &expect);
-        let reply: Value = self
+        });
+        let cmd = &cmd;
+        let n: i64 = self
             .run("put", |mut conn| async move {
-                script
-                    .key(base)
-                    .arg(key)
-                    .arg(value.as_slice())
-                    .arg(expect.as_str())
-                    .arg(ttl)
-                    .arg(publish)
-                    .invoke_async(&mut conn)
-                    .await
+                eval(&mut conn, script, cmd).await
             })
             .await?;
-        outcome(key, opts.expect, reply).map(|v| v as u64)
+        if n > 0 {
+            return Ok(n as u64);
+        }
+        Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected: expected_words(opts.expect),
+            found: (n < 0).then_some(n.unsigned_abs()),
+        })
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<bool, StoreError> {

@@ -1,5 +1,7 @@
 -- ARGV: key, value, expect ('any' | 'absent' | '<version>'), ttl_ms (0: none), publish 0/1.
--- Returns { 'ok', version } or { 'conflict', found_version or -1 }.
+-- Returns the new version (> 0), or on a conflict 0 when the key is absent and minus the
+-- current version when it is not (versions start at 1): a bare integer, so neither side
+-- builds or parses a table on the hot path.
 --
 -- The common path (no TTL involved) is four calls: HMGET, INCR, HSET, and ZADD for a new
 -- key; the clock, the expiry index and PERSIST are touched only when a TTL is.
@@ -8,7 +10,10 @@ local k = kv(key)
 local f = redis.call('HMGET', k, 'ver', 't')
 local cur, had_ttl = f[1], f[2]
 local bad = check_expect(expect, cur)
-if bad then return bad end
+if bad then
+  if cur then return -tonumber(cur) end
+  return 0
+end
 local version = redis.call('INCR', base .. 'ver')
 if ttl > 0 then
   local now = now_ms()
@@ -27,4 +32,4 @@ else
 end
 if not cur then redis.call('ZADD', IDX, 0, key) end
 if ARGV[5] == '1' then publish('P', key, version, value) end
-return { 'ok', version }
+return version
