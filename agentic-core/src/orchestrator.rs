@@ -639,6 +639,10 @@ async fn set_goal_status(
     }
 }
 
+/// The jobs of one flush bound for one capability's queue, and the (task, dispatch) each
+/// job runs.
+type Batch<'a> = (&'a str, Vec<NewJob>, Vec<(usize, u32)>);
+
 /// Most jobs one `enqueue_batch` of a flush carries, so a goal that makes thousands of tasks
 /// ready at once does not send one huge request to a networked queue.
 const FLUSH_BATCH: usize = 256;
@@ -1222,7 +1226,7 @@ impl GoalRuntime {
         let pending = std::mem::take(&mut self.to_enqueue);
         let mut first_error = None;
         // (capability, jobs, tasks) per queue; plans use few capabilities.
-        let mut batches: Vec<(&str, Vec<NewJob>, Vec<(usize, u32)>)> = Vec::new();
+        let mut batches: Vec<Batch<'_>> = Vec::new();
         let plan = Arc::clone(&self.plan);
         for (i, dispatch) in pending {
             let job = match self.job(inner, i, dispatch).await {

@@ -522,7 +522,7 @@ async fn run_task(
         // An agent that finishes at its first poll needs no heartbeat: the guard (and its
         // timers) is only set up, on the heap, for runs that wait. That keeps the per-delivery
         // task small and cheap to spawn.
-        let outcome = match futures::poll!(run.as_mut()) {
+        match futures::poll!(run.as_mut()) {
             std::task::Poll::Ready(r) => r,
             std::task::Poll::Pending => {
                 // The guard runs in this task beside the agent (no spawn per delivery): it
@@ -546,8 +546,7 @@ async fn run_task(
                     _ = cancel.cancelled() => Err(AgentError::cancelled()),
                 }
             }
-        };
-        outcome
+        }
     };
     let elapsed = started.elapsed();
     env.goal = std::mem::replace(&mut task.goal, GoalId(String::new()));
