@@ -1,6 +1,10 @@
 //! Workers: take tasks off the queues, run agents under a lease heartbeat, record results.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use agentic_queue::{Delivery, NewJob, Retry};
@@ -268,7 +272,13 @@ async fn consume(
         // then takes what they made ready as one batch instead of one job at a time. On an
         // idle runtime this costs one trip through the scheduler.
         tokio::task::yield_now().await;
-        while runs.try_join_next().is_some() {}
+        while let Some(done) = runs.try_join_next() {
+            if let Err(e) = done
+                && e.is_panic()
+            {
+                tracing::error!(queue = %queue_name, "an agent panicked; its job will be redelivered after its lease");
+            }
+        }
         if inner.shutdown.is_cancelled() {
             break;
         }
@@ -300,17 +310,46 @@ async fn consume(
         match result {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(50);
+                // Each run starts here, in this loop's task. A run that finishes at its first
+                // poll (an agent that answers at once, over in-process parts) then costs no
+                // task spawn and no wake-up of another thread, which on a small machine cost
+                // more than the run. A run that has to wait (network, an LLM call) is spawned
+                // at that point and goes on by itself. Once one run has held the loop for
+                // longer than `INLINE_BUDGET` (an agent computing without awaiting), the rest
+                // of the batch is spawned straight away, so such agents still run in parallel.
+                let mut inline = true;
                 for (delivery, permit) in deliveries.into_iter().zip(held.drain(..)) {
                     let inner = Arc::clone(&inner);
                     let agent = Arc::clone(&agent);
                     let agent_name = agent_name.clone();
-                    runs.spawn(async move {
-                        // Boxed: the run's state is a few KB, and tokio copies a spawned
-                        // future into its task cell (and aligns that allocation); a box
-                        // keeps the cell small and the state is written once.
-                        Box::pin(handle_delivery(&inner, &*agent, &agent_name, delivery)).await;
+                    // Boxed: the run's state is a few KB; a box is allocated once and moves
+                    // into a spawned task without copying that state.
+                    let mut run: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+                        handle_delivery(&inner, &*agent, &agent_name, delivery).await;
                         drop(permit);
                     });
+                    if inline {
+                        let started = std::time::Instant::now();
+                        let polled = std::future::poll_fn(|cx| {
+                            Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                run.as_mut().poll(cx)
+                            })))
+                        })
+                        .await;
+                        inline = started.elapsed() < INLINE_BUDGET;
+                        match polled {
+                            Ok(Poll::Ready(())) => continue,
+                            // Spawned below; its first poll there registers its own waker.
+                            Ok(Poll::Pending) => {}
+                            Err(_) => {
+                                // As for a spawned run that panics: the job stays leased
+                                // and is delivered again when its lease runs out.
+                                tracing::error!(queue = %queue_name, "an agent panicked; its job will be redelivered after its lease");
+                                continue;
+                            }
+                        }
+                    }
+                    runs.spawn(run);
                 }
             }
             Err(e) => {
@@ -327,6 +366,10 @@ async fn consume(
     // Graceful shutdown: let running tasks see the cancellation and give their jobs back.
     while runs.join_next().await.is_some() {}
 }
+
+/// Longest a run may take at its first poll, inside the consume loop, before the loop stops
+/// running the rest of its batch inline and spawns them instead (see `consume`).
+const INLINE_BUDGET: Duration = Duration::from_micros(200);
 
 /// Why a run was cut short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -523,8 +566,8 @@ async fn run_task(
         // timers) is only set up, on the heap, for runs that wait. That keeps the per-delivery
         // task small and cheap to spawn.
         match futures::poll!(run.as_mut()) {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
                 // The guard runs in this task beside the agent (no spawn per delivery): it
                 // heartbeats, watches the stop flag and the goal, and ends the select when it
                 // cancels the run.
