@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `<prefix>:{q}:ready:<0..9>` | list | entries ready to deliver, one list per priority (FIFO): `<id>`, or `<id>:<attempts>` once a delivery ended without an ack |
 //! | `<prefix>:{q}:delayed` | sorted set | entries by the server time (ms) they become due (delays and retry backoffs) |
-//! | `<prefix>:{q}:leased` | sorted set | `<id>:<token>` by lease expiry (ms): the per-job leases |
+//! | `<prefix>:{q}:leased` | sorted set | `<id>:<token>` by lease expiry (ms): the per-job leases; plus a permanent sentinel at `+inf` that keeps the set in skiplist encoding (see `common.lua`) |
 //! | `<prefix>:{q}:dead` | list | dead-lettered ids, oldest first (trimmed to `dead_letter_max`) |
 //! | `<prefix>:{q}:job:<id>` | string | the job, written once: `<priority>,<max_attempts>,<headers length>;`, the headers (JSON) and the payload |
 //! | `<prefix>:{q}:state` | hash | per job whose delivery ended without an ack: `<attempts>,<dead_at>;<last error>` (absent while there is none) |
