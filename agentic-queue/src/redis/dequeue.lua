@@ -1,12 +1,17 @@
 -- Dequeue up to ARGV[1] jobs (at most 1000) leased for ARGV[2] ms. ARGV[3]: dead-letter
 -- cap, ARGV[4]: promote limit. Promotes due delays and reclaims expired leases first.
 -- Returns the first job's fencing token (the i-th job has token first + i - 1; 0 when
--- none), then 4 fields per job: id, the job as enqueued (header, headers, payload),
--- attempt, last_error.
+-- none), then 3 fields per job: id, attempt, last_error.
 --
--- Per call, whatever the batch: the LPOPs, one MGET, one INCRBY for all the tokens and
--- one ZADD for all the leases (and the sentinel, see common.lua). Nothing is written to a
--- job on delivery.
+-- The jobs themselves (header, headers, payload) are not read here: the client reads them
+-- with a plain MGET of the returned ids, so payloads never enter Lua (which hashes every
+-- byte of every string it makes). The jobs are leased by then, so nobody else can delete
+-- them; an entry whose job is missing (none is expected) is skipped by the client, and
+-- its lease expires harmlessly.
+--
+-- Per call, whatever the batch: the LPOPs, one INCRBY for all the tokens and one ZADD for
+-- all the leases (and the sentinel, see common.lua). Nothing is written to a job on
+-- delivery.
 local want = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local now = now_ms()
@@ -17,31 +22,19 @@ for p = 9, 0, -1 do
   if want <= 0 then break end
   local popped = redis.call('LPOP', ready_key(p), want)
   if popped then
-    local keys, atts, marked = {}, {}, {}
-    for i, e in ipairs(popped) do
-      local id, n, m = split_entry(e)
-      popped[i] = id
-      keys[i] = job_key(id)
-      atts[i] = n
-      marked[i] = m
-    end
-    local jobs = redis.call('MGET', unpack(keys))
-    for i, id in ipairs(popped) do
-      -- An entry without its job was trimmed away as an old dead letter; skip it.
-      if jobs[i] then
-        ids[#ids + 1] = id
-        local o = #out
-        out[o + 1] = id
-        out[o + 2] = jobs[i]
-        out[o + 3] = atts[i] + 1
-        if marked[i] then
-          local _, _, err = read_state(id)
-          out[o + 4] = err or false
-        else
-          out[o + 4] = false
-        end
-        want = want - 1
+    for _, e in ipairs(popped) do
+      local id, n, marked = split_entry(e)
+      ids[#ids + 1] = id
+      local o = #out
+      out[o + 1] = id
+      out[o + 2] = n + 1
+      if marked then
+        local _, _, err = read_state(id)
+        out[o + 3] = err or false
+      else
+        out[o + 3] = false
       end
+      want = want - 1
     end
   end
 end

@@ -35,8 +35,8 @@
 //! to the job on delivery. The lease is the member `<id>:<token>` of `leased`: a lease is
 //! current exactly when that member is there with an expiry in the future. The job itself
 //! is one string the client encodes and decodes, so whatever the batch size an enqueue is
-//! one `MSET` (plus an `RPUSH` per priority), a dequeue one `LPOP`, one `MGET`, one `INCRBY`
-//! and one `ZADD`, and an ack one `ZMSCORE`, one `ZREM`, one `DEL` and one `EXISTS`. The
+//! one `MSET` (plus an `RPUSH` per priority), a dequeue one `LPOP`, one `INCRBY` and one
+//! `ZADD` in its script and then a plain `MGET` of the jobs (payloads never enter Lua), and an ack one `ZMSCORE`, one `ZREM`, one `DEL` and one `EXISTS`. The
 //! attempt count lives in the ready entry and in `state`, which is written only when a
 //! delivery ends without an ack (nack or expired lease).
 //!
@@ -262,37 +262,57 @@ impl RedisQueue {
             })
             .await?;
         let items = array(reply)?;
-        let n = items.len().saturating_sub(1) / 4;
-        let mut out = Vec::with_capacity(n);
+        let n = items.len().saturating_sub(1) / 3;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let mut items = items.into_iter();
         let first_token = match items.next() {
             Some(v) => int(&v)?,
-            None => return Ok(out),
+            None => return Ok(Vec::new()),
         };
-        let queue = self.queue_name(base);
-        let expires_at = started + lease;
-        for k in 0..n {
-            let (Some(id), Some(job), Some(attempt), Some(last_error)) =
-                (items.next(), items.next(), items.next(), items.next())
+        let mut heads = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (Some(id), Some(attempt), Some(last_error)) =
+                (items.next(), items.next(), items.next())
             else {
                 break;
             };
-            let job = decode_job(into_bytes(job)?)?;
             let last_error = match last_error {
                 Value::Nil => None,
                 v => Some(into_string(v)?).filter(|e| !e.is_empty()),
             };
+            heads.push((into_string(id)?, int(&attempt)? as u32, last_error));
+        }
+        // The jobs are leased to us now: read them with a plain MGET, outside Lua.
+        let mut mget = redis::cmd("MGET");
+        for (id, _, _) in &heads {
+            mget.arg(JobKey(base, id));
+        }
+        let mget = &mget;
+        let jobs: Vec<Option<Vec<u8>>> = self
+            .run("dequeue (read jobs)", |mut conn, _| async move {
+                mget.query_async(&mut conn).await
+            })
+            .await?;
+        let queue = self.queue_name(base);
+        let expires_at = started + lease;
+        let mut out = Vec::with_capacity(heads.len());
+        for (k, ((id, attempt, last_error), job)) in heads.into_iter().zip(jobs).enumerate() {
+            // Missing: not expected (the job is leased to us); its lease expires unused.
+            let Some(job) = job else { continue };
+            let job = decode_job(job)?;
             out.push(Delivery {
                 lease: Lease {
                     queue: queue.clone(),
-                    job_id: JobId(into_string(id)?),
+                    job_id: JobId(id),
                     token: (first_token + k as i64) as u64,
                     expires_at,
                 },
                 payload: job.payload,
                 headers: job.headers,
                 priority: job.priority,
-                attempt: int(&attempt)? as u32,
+                attempt,
                 max_attempts: job.max_attempts,
                 last_error,
             });
