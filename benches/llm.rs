@@ -14,6 +14,12 @@
 //! 2. **SSE parsing.** Bytes per second through `SseParser` alone (framing) and through the
 //!    Anthropic stream decoder (framing and JSON), fed in 4 KiB chunks. Target: 200 MB/s for
 //!    the parser.
+//!
+//! Environment:
+//!
+//! - `AGENTIC_BENCH_LLM_PROFILE=<n>`: run the no-I/O layer stack `n` times and exit, nothing
+//!   else (no server calls, no criterion); for `valgrind --tool=callgrind`, whose instruction
+//!   counts a busy machine does not disturb.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -316,6 +322,17 @@ fn bench_sse(c: &mut Criterion) {
 }
 
 fn main() {
+    if let Ok(n) = std::env::var("AGENTIC_BENCH_LLM_PROFILE") {
+        let n: u64 = n.parse().expect("AGENTIC_BENCH_LLM_PROFILE: a number of calls");
+        let calls = Calls::new();
+        for _ in 0..n {
+            let n = calls.next();
+            calls
+                .runtime
+                .block_on(async { black_box(calls.cpu_stack.complete(request(n)).await.unwrap()) });
+        }
+        return;
+    }
     let mut criterion = Criterion::default().configure_from_args();
     let calls = Calls::new();
     // `cargo bench -- <filter>` still prints the interleaved figure: it is the one that
