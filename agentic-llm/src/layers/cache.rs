@@ -2,10 +2,12 @@
 //!
 //! Only deterministic requests are cached: temperature 0, or `metadata.cacheable` set by a
 //! caller who knows better (a temperature-1 request is a request for a new sample each
-//! time). The key is a stable 128-bit hash (FNV-1a) of the provider's name and the
-//! normalized request: its JSON with object keys sorted and the `metadata` left out (routing
-//! and accounting hints do not change the answer). Entries expire after a TTL; when the
+//! time). The key is a stable 128-bit hash (XXH3-128) of the provider's name and the
+//! normalized request: a canonical encoding of its JSON data model, with the `metadata` left
+//! out (routing and accounting hints do not change the answer); see [`request_key`]. Entries expire after a TTL; when the
 //! cache is full the least recently used entry goes.
+
+mod key;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +49,9 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Store {
-    entries: HashMap<u128, Entry>,
+    // Keys are already hashes: foldhash instead of SipHash (std's default, ~4 times the
+    // instructions per lookup here).
+    entries: HashMap<u128, Entry, foldhash::fast::RandomState>,
     /// Keys by last use (a logical clock, cheaper than reading time), oldest first: the
     /// next to evict is the first, so eviction costs a log, not a scan of the cache.
     recency: BTreeMap<u64, u128>,
@@ -187,46 +191,47 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The stable cache key of `request` sent to `provider`: FNV-1a (128 bits) over the
-/// provider's name and the request's JSON without `metadata`, with object keys in sorted
-/// order.
+/// The stable cache key of `request` sent to `provider`: XXH3-128 of the provider's name and
+/// a canonical binary encoding of the request without `metadata` (see the `key` module: JSON's
+/// data model, strings length-prefixed, numbers fixed-width little-endian).
+///
+/// Stable across processes, machines and versions of this crate (a cache may be shared), and
+/// pinned by a test. Earlier builds hashed the request's JSON text with FNV-1a-128, one byte
+/// at a time after escaping every string, which was a third of the layers' CPU per call; their
+/// keys differ from these (a cache shared across that change misses once per request).
 ///
 /// serde_json keeps object keys sorted unless some crate in the build turns on its
-/// `preserve_order` feature; then the request goes through a `Value` and is hashed with
-/// its keys sorted explicitly (slower, and a different but equally stable key). Keys are
-/// stable across runs and machines of the same build.
+/// `preserve_order` feature; then the request goes through a `Value` whose objects are
+/// written with their keys sorted (slower, and a different but equally stable key).
 pub fn request_key(provider: &str, request: &ChatRequest) -> u128 {
-    let mut hasher = Fnv128::new();
-    hasher.write(provider.as_bytes());
-    hasher.write(&[0]);
     let view = KeyView::of(request);
-    if maps_are_sorted() {
-        // Serialized into a buffer kept per thread, then hashed in one pass: serde_json
-        // writes in many small pieces, and hashing each as it comes cost about twice as
-        // much as this (measured with callgrind). No tree, and no allocation once the
-        // buffer has grown.
-        KEY_BUFFER.with_borrow_mut(|buffer| {
-            buffer.clear();
-            match serde_json::to_writer(&mut *buffer, &view) {
-                Ok(()) => hasher.write(buffer),
-                Err(e) => hasher.write(e.to_string().as_bytes()),
+    // Encoded into a buffer kept per thread, then hashed in one call: no allocation once
+    // the buffer has grown, and XXH3 reads the bytes in blocks rather than one at a time.
+    KEY_BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        buffer.extend_from_slice(provider.as_bytes());
+        buffer.push(0);
+        if maps_are_sorted() {
+            if let Err(e) = key::encode(buffer, &view) {
+                buffer.extend_from_slice(e.to_string().as_bytes());
             }
-            // A huge request does not pin its memory in the thread for good.
-            if buffer.capacity() > MAX_KEPT_BUFFER {
-                *buffer = Vec::new();
+        } else {
+            match serde_json::to_value(&view) {
+                Ok(value) => key::encode_value(buffer, &value),
+                Err(e) => buffer.extend_from_slice(e.to_string().as_bytes()),
             }
-        });
-    } else {
-        match serde_json::to_value(&view) {
-            Ok(value) => hash_value(&mut hasher, &value),
-            Err(e) => hasher.write(e.to_string().as_bytes()),
         }
-    }
-    hasher.finish()
+        let key = xxhash_rust::xxh3::xxh3_128(buffer);
+        // A huge request does not pin its memory in the thread for good.
+        if buffer.capacity() > MAX_KEPT_BUFFER {
+            *buffer = Vec::new();
+        }
+        key
+    })
 }
 
 thread_local! {
-    /// The request's JSON while its key is computed.
+    /// The request's encoding while its key is computed.
     static KEY_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -292,75 +297,6 @@ fn maps_are_sorted() -> bool {
         map.insert("a".to_owned(), Value::Null);
         map.keys().next().map(String::as_str) == Some("a")
     })
-}
-
-/// FNV-1a, 128-bit: tiny, stable across processes and Rust versions (unlike std's
-/// `DefaultHasher`), and wide enough that a collision (which would serve the wrong answer)
-/// is not a practical concern.
-struct Fnv128(u128);
-
-impl Fnv128 {
-    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-
-    fn new() -> Self {
-        Fnv128(Self::OFFSET)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 ^= u128::from(byte);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
-
-    /// Lengths as 8 bytes whatever the platform's `usize`, so keys agree across machines.
-    fn write_len(&mut self, len: usize) {
-        self.write(&u64::try_from(len).unwrap_or(u64::MAX).to_le_bytes());
-    }
-
-    fn finish(&self) -> u128 {
-        self.0
-    }
-}
-
-/// Hashes a JSON value canonically: a type tag per value, lengths before contents (so
-/// `["ab"]` and `["a","b"]` differ), object members sorted by key.
-fn hash_value(hasher: &mut Fnv128, value: &Value) {
-    match value {
-        Value::Null => hasher.write(b"n"),
-        Value::Bool(b) => hasher.write(if *b { b"t" } else { b"f" }),
-        Value::Number(n) => {
-            hasher.write(b"#");
-            hasher.write(n.to_string().as_bytes());
-            hasher.write(&[0]);
-        }
-        Value::String(s) => {
-            hasher.write(b"s");
-            hasher.write_len(s.len());
-            hasher.write(s.as_bytes());
-        }
-        Value::Array(items) => {
-            hasher.write(b"[");
-            hasher.write_len(items.len());
-            for item in items {
-                hash_value(hasher, item);
-            }
-        }
-        Value::Object(map) => {
-            hasher.write(b"{");
-            hasher.write_len(map.len());
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            for key in keys {
-                hasher.write_len(key.len());
-                hasher.write(key.as_bytes());
-                if let Some(value) = map.get(key) {
-                    hash_value(hasher, value);
-                }
-            }
-        }
-    }
 }
 
 #[async_trait]
