@@ -107,6 +107,10 @@ impl LlmProvider for Fixed {
     async fn complete(&self, _request: ChatRequest) -> Result<ChatResponse, LlmError> {
         Ok(self.0.clone())
     }
+    // As the HTTP providers do: the request is only read, so `Retry` lends it.
+    async fn complete_ref(&self, _request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        Ok(self.0.clone())
+    }
 }
 
 /// The layer stack of the benchmark over `provider`.

@@ -206,6 +206,18 @@ impl AnthropicProvider {
     }
 }
 
+impl AnthropicProvider {
+    /// A non-streamed call: the request is only read (serialized), so it is borrowed.
+    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let body = encode(&self.to_wire(request, false)?)?;
+        let structured = structured_tool(request);
+        let provider = &self.endpoint.provider;
+        self.endpoint
+            .complete(body, |bytes| parse_response(bytes, structured, provider))
+            .await
+    }
+}
+
 #[async_trait]
 impl LlmProvider for AnthropicProvider {
     fn name(&self) -> &str {
@@ -217,12 +229,11 @@ impl LlmProvider for AnthropicProvider {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = encode(&self.to_wire(&request, false)?)?;
-        let structured = structured_tool(&request);
-        let provider = &self.endpoint.provider;
-        self.endpoint
-            .complete(body, |bytes| parse_response(bytes, structured, provider))
-            .await
+        self.call(&request).await
+    }
+
+    async fn complete_ref(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.call(request).await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {

@@ -208,6 +208,18 @@ impl Endpoint {
 #[cfg(any(feature = "openai", feature = "ollama"))]
 macro_rules! http_provider {
     ($provider:ty) => {
+        impl $provider {
+            /// A non-streamed call: the request is only read (serialized), so it is borrowed
+            /// (`complete_ref`; `Retry` need not copy it).
+            async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+                let body = crate::http::encode(&self.to_wire(request, false)?)?;
+                let provider = &self.endpoint.provider;
+                self.endpoint
+                    .complete(body, |bytes| parse_response(bytes, provider))
+                    .await
+            }
+        }
+
         #[async_trait]
         impl LlmProvider for $provider {
             fn name(&self) -> &str {
@@ -222,11 +234,11 @@ macro_rules! http_provider {
             }
 
             async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-                let body = crate::http::encode(&self.to_wire(&request, false)?)?;
-                let provider = &self.endpoint.provider;
-                self.endpoint
-                    .complete(body, |bytes| parse_response(bytes, provider))
-                    .await
+                self.call(&request).await
+            }
+
+            async fn complete_ref(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+                self.call(request).await
             }
 
             async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {

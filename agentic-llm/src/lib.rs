@@ -111,6 +111,18 @@ pub trait LlmProvider: Send + Sync {
     /// Sends the request and waits for the whole answer.
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError>;
 
+    /// [`LlmProvider::complete`] of a borrowed request. The default clones the request and
+    /// calls `complete`.
+    ///
+    /// Layers that may need the request again after the call ([`layers::Retry`]) call this,
+    /// so that a provider that only reads the request (every HTTP provider: it serializes
+    /// it) and the layers between pass it down without a copy per call. Override it when
+    /// the request is only read; a layer overrides it by calling its inner provider's
+    /// `complete_ref`.
+    async fn complete_ref(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.complete(request.clone()).await
+    }
+
     /// Sends the request and streams the answer. The default calls [`LlmProvider::complete`]
     /// and replays the answer as events.
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
@@ -172,6 +184,17 @@ macro_rules! forward_llm {
                 Self: 'async_trait,
             {
                 (**self).complete(request)
+            }
+            fn complete_ref<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                request: &'life1 ChatRequest,
+            ) -> BoxFuture<'async_trait, Result<ChatResponse, LlmError>>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).complete_ref(request)
             }
             fn stream<'life0, 'async_trait>(
                 &'life0 self,

@@ -201,6 +201,28 @@ impl<P: LlmProvider> CircuitBreaker<P> {
     }
 }
 
+impl<P: LlmProvider> CircuitBreaker<P> {
+    /// Admits a call, makes it (`call` is only invoked once admitted) and records how it
+    /// ended.
+    async fn guarded<F, Fut>(&self, call: F) -> Result<ChatResponse, LlmError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<ChatResponse, LlmError>>,
+    {
+        let ticket = self.admit()?;
+        // Dropped mid-call (the caller gave up): no verdict, but a probe slot is released.
+        let mut outcome = StreamOutcome {
+            state: Arc::clone(&self.state),
+            config: self.config,
+            ticket,
+            recorded: false,
+        };
+        let result = call().await;
+        outcome.record(result.as_ref().err().is_some_and(is_failure));
+        result
+    }
+}
+
 fn lock(state: &Mutex<Breaker>) -> MutexGuard<'_, Breaker> {
     // Every update leaves the state consistent, so a poisoned lock is still usable.
     state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -288,17 +310,11 @@ impl<P: LlmProvider> LlmProvider for CircuitBreaker<P> {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let ticket = self.admit()?;
-        // Dropped mid-call (the caller gave up): no verdict, but a probe slot is released.
-        let mut outcome = StreamOutcome {
-            state: Arc::clone(&self.state),
-            config: self.config,
-            ticket,
-            recorded: false,
-        };
-        let result = self.inner.complete(request).await;
-        outcome.record(result.as_ref().err().is_some_and(is_failure));
-        result
+        self.guarded(|| self.inner.complete(request)).await
+    }
+
+    async fn complete_ref(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.guarded(|| self.inner.complete_ref(request)).await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {

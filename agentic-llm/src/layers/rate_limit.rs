@@ -190,6 +190,25 @@ impl<P: LlmProvider> RateLimiter<P> {
     }
 }
 
+impl<P: LlmProvider> RateLimiter<P> {
+    /// Reserves `reserved` tokens, waits its turn, makes the call (`call` is only invoked
+    /// once admitted) and settles the reservation.
+    async fn limited<F, Fut>(&self, reserved: u64, call: F) -> Result<ChatResponse, LlmError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<ChatResponse, LlmError>>,
+    {
+        self.acquire(reserved).await?;
+        let result = call().await;
+        let outcome = match &result {
+            Ok(response) => Outcome::Answered(response.usage),
+            Err(error) => Outcome::Failed(error),
+        };
+        settle(&self.state, reserved, outcome);
+        result
+    }
+}
+
 fn lock(state: &Mutex<Limiter>) -> MutexGuard<'_, Limiter> {
     // Every update leaves the buckets consistent, so a poisoned lock is still usable.
     state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -274,14 +293,13 @@ impl<P: LlmProvider> LlmProvider for RateLimiter<P> {
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let reserved = request.estimated_input_tokens() + u64::from(request.max_tokens);
-        self.acquire(reserved).await?;
-        let result = self.inner.complete(request).await;
-        let outcome = match &result {
-            Ok(response) => Outcome::Answered(response.usage),
-            Err(error) => Outcome::Failed(error),
-        };
-        settle(&self.state, reserved, outcome);
-        result
+        self.limited(reserved, || self.inner.complete(request)).await
+    }
+
+    async fn complete_ref(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let reserved = request.estimated_input_tokens() + u64::from(request.max_tokens);
+        self.limited(reserved, || self.inner.complete_ref(request))
+            .await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {

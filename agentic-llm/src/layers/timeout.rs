@@ -160,6 +160,21 @@ impl Stream for Bounded {
     }
 }
 
+impl<P: LlmProvider> Timeout<P> {
+    /// `call` under the bound of a whole call, if there is one.
+    async fn bounded(
+        &self,
+        call: impl std::future::Future<Output = Result<ChatResponse, LlmError>>,
+    ) -> Result<ChatResponse, LlmError> {
+        match self.timeouts.call {
+            Some(bound) => tokio::time::timeout(bound, call)
+                .await
+                .map_err(|_| LlmError::Timeout(bound))?,
+            None => call.await,
+        }
+    }
+}
+
 #[async_trait]
 impl<P: LlmProvider> LlmProvider for Timeout<P> {
     fn name(&self) -> &str {
@@ -171,12 +186,11 @@ impl<P: LlmProvider> LlmProvider for Timeout<P> {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        match self.timeouts.call {
-            Some(bound) => tokio::time::timeout(bound, self.inner.complete(request))
-                .await
-                .map_err(|_| LlmError::Timeout(bound))?,
-            None => self.inner.complete(request).await,
-        }
+        self.bounded(self.inner.complete(request)).await
+    }
+
+    async fn complete_ref(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.bounded(self.inner.complete_ref(request)).await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
