@@ -930,6 +930,48 @@ async fn router_falls_back_on_retryable_errors_only() {
     assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
 }
 
+/// Through `complete_ref` (what `Retry` and `ResponseCache` call): the router lends the
+/// request to each route, falls back the same way, and a route's model still replaces the
+/// request's.
+#[tokio::test]
+async fn router_lends_the_request_and_still_sets_a_routes_model() {
+    let first = ScriptedProvider::new()
+        .with_name("first")
+        .respond_with(|_| Err(overloaded()));
+    let echo = |name: &str| {
+        ScriptedProvider::new()
+            .with_name(name)
+            .respond_with(|r| Ok(ChatResponse::text(r.model.clone().unwrap_or_default())))
+    };
+    let (plain, renamed) = (echo("plain"), echo("renamed"));
+    let request = ChatRequest::user("x").model("asked-for");
+
+    let router = Router::new()
+        .route(Route::new(first.clone()))
+        .route(Route::new(plain.clone()));
+    let answer = router.complete_ref(&request).await.unwrap();
+    assert_eq!(answer.text_content(), "asked-for");
+    assert_eq!((first.call_count(), plain.call_count()), (1, 1));
+
+    let router = Router::new()
+        .route(Route::new(first.clone()).model("first-model"))
+        .route(Route::new(renamed.clone()).model("route-model"));
+    let answer = router.complete_ref(&request).await.unwrap();
+    assert_eq!(answer.text_content(), "route-model");
+    assert_eq!(
+        request.model.as_deref(),
+        Some("asked-for"),
+        "the lent request is unchanged"
+    );
+    // The same through a cache (a miss lends the request) and an owned call.
+    let cached = Router::new()
+        .route(Route::new(first))
+        .route(Route::new(renamed).model("route-model"))
+        .with_cache(CacheConfig::default());
+    let answer = cached.complete(request.temperature(0.0)).await.unwrap();
+    assert_eq!(answer.text_content(), "route-model");
+}
+
 #[tokio::test(start_paused = true)]
 async fn router_falls_back_past_an_open_circuit_without_calling_it() {
     let (flaky, _) = switchable();

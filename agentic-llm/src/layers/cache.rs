@@ -316,7 +316,7 @@ impl<P: LlmProvider> LlmProvider for ResponseCache<P> {
         if let Some(hit) = self.lookup(key) {
             return Ok(hit);
         }
-        let response = self.inner.complete(request).await?;
+        let response = self.inner.complete_ref(&request).await?;
         lock(&self.store).insert(key, response.clone(), &self.config, Instant::now());
         Ok(response)
     }

@@ -541,19 +541,14 @@ fn worst_case(request: &ChatRequest, price: &ModelPrice) -> f64 {
     usd
 }
 
-#[async_trait]
-impl<P: LlmProvider> LlmProvider for CostMeter<P> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn capabilities(&self) -> ProviderCapabilities {
-        self.inner.capabilities()
-    }
-
-    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let admission = self.meter.admit(&request)?;
-        match self.inner.complete(request).await {
+impl<P: LlmProvider> CostMeter<P> {
+    /// Awaits an admitted call and prices its answer (or releases the reservation).
+    async fn metered(
+        &self,
+        admission: Admission,
+        call: impl std::future::Future<Output = Result<ChatResponse, LlmError>>,
+    ) -> Result<ChatResponse, LlmError> {
+        match call.await {
             Ok(mut response) => {
                 response.cost =
                     self.meter
@@ -566,6 +561,28 @@ impl<P: LlmProvider> LlmProvider for CostMeter<P> {
                 Err(error)
             }
         }
+    }
+}
+
+#[async_trait]
+impl<P: LlmProvider> LlmProvider for CostMeter<P> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> ProviderCapabilities {
+        self.inner.capabilities()
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let admission = self.meter.admit(&request)?;
+        self.metered(admission, self.inner.complete(request)).await
+    }
+
+    async fn complete_ref(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let admission = self.meter.admit(request)?;
+        self.metered(admission, self.inner.complete_ref(request))
+            .await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {

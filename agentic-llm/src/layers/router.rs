@@ -13,6 +13,7 @@
 //! A route may set the model, which then replaces the request's: model names belong to a
 //! vendor, so a chain that mixes vendors should give each route its model.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -143,7 +144,58 @@ impl Router {
         Ok((routes, count))
     }
 
-    /// Tries `call` on each route until one succeeds or fails for good.
+    /// `complete` on each route until one succeeds or fails for good. Routes are lent the
+    /// request (`complete_ref`), so a fallback needs no copy; the last route of an owned
+    /// request is given it. A route that sets the model gets a copy with that model.
+    async fn complete_on_routes(
+        &self,
+        request: Cow<'_, ChatRequest>,
+    ) -> Result<ChatResponse, LlmError> {
+        let (routes, count) = self.routes_for(&request)?;
+        let mut last = None;
+        let mut request = Some(request);
+        for (i, route) in routes.enumerate() {
+            let provider = route.provider.as_ref();
+            let result = match (&route.model, i + 1 == count) {
+                (Some(model), is_last) => {
+                    let mut attempt = if is_last {
+                        request.take()
+                    } else {
+                        request.clone()
+                    }
+                    .ok_or_else(|| LlmError::NoProvider(self.name.clone()))?
+                    .into_owned();
+                    attempt.model = Some(model.clone());
+                    provider.complete(attempt).await
+                }
+                (None, true) => match request.take() {
+                    Some(Cow::Owned(r)) => provider.complete(r).await,
+                    Some(Cow::Borrowed(r)) => provider.complete_ref(r).await,
+                    None => Err(LlmError::NoProvider(self.name.clone())),
+                },
+                (None, false) => match &request {
+                    Some(r) => provider.complete_ref(r).await,
+                    None => Err(LlmError::NoProvider(self.name.clone())),
+                },
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(
+                        router = %self.name,
+                        provider = provider.name(),
+                        %error,
+                        "LLM provider failed; falling back to the next route"
+                    );
+                    last = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| LlmError::NoProvider(self.name.clone())))
+    }
+
+    /// Tries `call` on each route until one succeeds or fails for good (streams).
     async fn run<'a, T, F, Fut>(&'a self, request: ChatRequest, call: F) -> Result<T, LlmError>
     where
         F: Fn(&'a dyn LlmProvider, ChatRequest) -> Fut + Send + Sync,
@@ -209,11 +261,11 @@ impl LlmProvider for Router {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.run(
-            request,
-            |provider, r| async move { provider.complete(r).await },
-        )
-        .await
+        self.complete_on_routes(Cow::Owned(request)).await
+    }
+
+    async fn complete_ref(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.complete_on_routes(Cow::Borrowed(request)).await
     }
 
     /// Falls back when opening the stream fails or its first item is an error; once an
