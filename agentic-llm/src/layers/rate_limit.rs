@@ -293,7 +293,8 @@ impl<P: LlmProvider> LlmProvider for RateLimiter<P> {
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let reserved = request.estimated_input_tokens() + u64::from(request.max_tokens);
-        self.limited(reserved, || self.inner.complete(request)).await
+        self.limited(reserved, || self.inner.complete(request))
+            .await
     }
 
     async fn complete_ref(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
