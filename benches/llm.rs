@@ -327,7 +327,9 @@ fn bench_sse(c: &mut Criterion) {
 
 fn main() {
     if let Ok(n) = std::env::var("AGENTIC_BENCH_LLM_PROFILE") {
-        let n: u64 = n.parse().expect("AGENTIC_BENCH_LLM_PROFILE: a number of calls");
+        let n: u64 = n
+            .parse()
+            .expect("AGENTIC_BENCH_LLM_PROFILE: a number of calls");
         let calls = Calls::new();
         for _ in 0..n {
             let n = calls.next();
