@@ -467,7 +467,7 @@ pub fn parse_response(
     structured: Option<String>,
     provider: &str,
 ) -> Result<ChatResponse, LlmError> {
-    let wire: WireResponse = serde_json::from_slice(body)
+    let wire: WireResponse = crate::decode::json_from_bytes(body)
         .map_err(|e| LlmError::Decode(format!("{provider}: malformed Messages API answer: {e}")))?;
     let mut stop = wire
         .stop_reason

@@ -503,7 +503,7 @@ fn line_error(provider: &str, line: &WireLine) -> Option<LlmError> {
 
 /// Parses a non-streamed `/api/chat` answer.
 pub fn parse_response(body: &[u8], provider: &str) -> Result<ChatResponse, LlmError> {
-    let line: WireLine = serde_json::from_slice(body)
+    let line: WireLine = crate::decode::json_from_bytes(body)
         .map_err(|e| LlmError::Decode(format!("{provider}: malformed chat answer: {e}")))?;
     if let Some(error) = line_error(provider, &line) {
         return Err(error);
@@ -591,7 +591,7 @@ impl Wire for Lines {
         at_eof: bool,
     ) -> Result<bool, LlmError> {
         let line: WireLine = frame_json(
-            serde_json::from_slice(line),
+            crate::decode::json_from_bytes(line),
             provider,
             at_eof,
             "line",

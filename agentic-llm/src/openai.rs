@@ -641,7 +641,7 @@ fn arguments(provider: &str, name: &str, id: &str, arguments: &str) -> Result<Va
 
 /// Parses a non-streamed Chat Completions answer (the first choice).
 pub fn parse_response(body: &[u8], provider: &str) -> Result<ChatResponse, LlmError> {
-    let wire: WireResponse = serde_json::from_slice(body)
+    let wire: WireResponse = crate::decode::json_from_bytes(body)
         .map_err(|e| LlmError::Decode(format!("{provider}: malformed chat completion: {e}")))?;
     let choice =
         wire.choices.into_iter().next().ok_or_else(|| {
