@@ -19,7 +19,9 @@
 //!
 //! - `AGENTIC_BENCH_LLM_PROFILE=<n>`: run the no-I/O layer stack `n` times and exit, nothing
 //!   else (no server calls, no criterion); for `valgrind --tool=callgrind`, whose instruction
-//!   counts a busy machine does not disturb.
+//!   counts a busy machine does not disturb. With `AGENTIC_BENCH_LLM_PART=bare|provider|stack`
+//!   it runs that call against the local server instead (`no-io`, the default, is the
+//!   above).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -330,12 +332,21 @@ fn main() {
         let n: u64 = n
             .parse()
             .expect("AGENTIC_BENCH_LLM_PROFILE: a number of calls");
+        let part = std::env::var("AGENTIC_BENCH_LLM_PART").unwrap_or_else(|_| "no-io".into());
         let calls = Calls::new();
         for _ in 0..n {
-            let n = calls.next();
-            calls
-                .runtime
-                .block_on(async { black_box(calls.cpu_stack.complete(request(n)).await.unwrap()) });
+            let i = calls.next();
+            match part.as_str() {
+                "no-io" => calls.runtime.block_on(async {
+                    black_box(calls.cpu_stack.complete(request(i)).await.unwrap());
+                }),
+                "bare" => calls.bare(),
+                "provider" => calls.provider_only(i),
+                "stack" => calls.stacked(i),
+                other => {
+                    panic!("AGENTIC_BENCH_LLM_PART: no-io, bare, provider or stack, not {other}")
+                }
+            }
         }
         return;
     }
