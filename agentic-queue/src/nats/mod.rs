@@ -119,7 +119,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use async_nats::header::HeaderValue;
-use async_nats::jetstream::{self, consumer, context::PublishErrorKind};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -145,6 +146,9 @@ const HEADER_ALLOWANCE: usize = 16 * 1024;
 /// `last_error` of a redelivery whose previous lease ran out without a nack.
 const LEASE_EXPIRED: &str = "lease expired";
 
+/// How long the setup of a queue (its streams, its consumers) is retried on transient
+/// failures, in units of `request_timeout` (15 s with the default 5 s).
+const SETUP_DEADLINE_TIMEOUTS: u32 = 3;
 const ACK: &[u8] = b"+ACK";
 const TERM: &[u8] = b"+TERM";
 const PROGRESS: &[u8] = b"+WPI";
@@ -512,7 +516,13 @@ impl NatsQueue {
             return Ok(s.clone());
         }
         let names = self.names(queue)?;
-        topology::ensure_streams(&self.inner.js, &names, &self.inner.config).await?;
+        // Up to six API requests, each of which can time out on a loaded server: retried
+        // (they are idempotent: an existing stream is used as it is) rather than failing
+        // the caller's first enqueue or dequeue of the queue.
+        self.retry_setup("create streams", || {
+            topology::ensure_streams(&self.inner.js, &names, &self.inner.config)
+        })
+        .await?;
         let state = Arc::new(QueueState {
             names,
             levels: Default::default(),
@@ -526,20 +536,48 @@ impl NatsQueue {
             .clone())
     }
 
+    /// Runs a setup step (stream or consumer creation) until it succeeds, fails with an
+    /// error that is not retryable, or [`SETUP_DEADLINE_TIMEOUTS`] × `request_timeout` has
+    /// passed; backoff 50 ms doubling to 2 s. The last error is returned as it is (still
+    /// retryable when it was).
+    async fn retry_setup<T, F, Fut>(&self, what: &str, mut step: F) -> Result<T, QueueError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, QueueError>>,
+    {
+        let deadline = Instant::now() + self.inner.config.request_timeout * SETUP_DEADLINE_TIMEOUTS;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match step().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && Instant::now() + delay < deadline => {
+                    tracing::warn!(what, error = %e, "NATS setup failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn level<'a>(&self, st: &'a QueueState, priority: u8) -> Result<&'a Level, QueueError> {
         let cell = st
             .levels
             .get(usize::from(priority))
             .ok_or_else(|| QueueError::backend_msg("priority out of range"))?;
         cell.get_or_try_init(|| async {
-            let consumer = topology::ensure_consumer(
-                &self.inner.js,
-                &st.names,
-                &format!("level-{priority}"),
-                st.names.level(priority),
-                &self.inner.config,
-            )
-            .await?;
+            let durable = format!("level-{priority}");
+            let consumer = self
+                .retry_setup("create consumer", || {
+                    topology::ensure_consumer(
+                        &self.inner.js,
+                        &st.names,
+                        &durable,
+                        st.names.level(priority),
+                        &self.inner.config,
+                    )
+                })
+                .await?;
             let ack_wait = topology::ack_wait_of(&consumer, self.inner.config.ack_wait);
             Ok(Level { consumer, ack_wait })
         })
@@ -553,14 +591,17 @@ impl NatsQueue {
                 // Every delayed job is pending on this consumer until due; a bound would
                 // hide the newest (possibly earliest-due) ones.
                 config.max_ack_pending = -1;
-                let consumer = topology::ensure_consumer(
-                    &self.inner.js,
-                    &st.names,
-                    "delayed",
-                    st.names.delayed(),
-                    &config,
-                )
-                .await?;
+                let consumer = self
+                    .retry_setup("create consumer", || {
+                        topology::ensure_consumer(
+                            &self.inner.js,
+                            &st.names,
+                            "delayed",
+                            st.names.delayed(),
+                            &config,
+                        )
+                    })
+                    .await?;
                 let ack_wait = topology::ack_wait_of(&consumer, config.ack_wait);
                 Ok(Level { consumer, ack_wait })
             })
@@ -737,13 +778,13 @@ impl NatsQueue {
             };
             match sent.await {
                 Ok(ack) => return Ok(ack),
-                Err(e) if publish_transient(e.kind()) && attempt < self.inner.config.retries => {
+                Err(e) if publish_transient(&e) && attempt < self.inner.config.retries => {
                     tracing::warn!(subject, attempt, error = %e, "NATS publish failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
-                    let retryable = publish_transient(e.kind());
+                    let retryable = publish_transient(&e);
                     return Err(QueueError::Backend {
                         message: format!("NATS: publish to {subject} failed: {e}"),
                         retryable,
@@ -1221,7 +1262,7 @@ impl TaskQueue for NatsQueue {
                 };
                 let ack = match first {
                     Ok(ack) => ack,
-                    Err(e) if publish_transient(e.kind()) => {
+                    Err(e) if publish_transient(&e) => {
                         // With a key, the same message id makes a retry of a stored
                         // message a duplicate. Without one, a retry after a lost ack may
                         // store the job twice: two jobs, each run at least once.
@@ -1603,15 +1644,22 @@ fn not_found_or<T>(err: ApiError) -> Result<Option<T>, QueueError> {
     }
 }
 
-fn publish_transient(kind: PublishErrorKind) -> bool {
-    matches!(
-        kind,
+/// True for a publish failure worth another try: no answer in time, a broken connection,
+/// "no responders" (the stream's server is (re)starting), too many acks in flight, and a
+/// JetStream API error reply with a server-side code (>= 500: the server could not store
+/// the message now, e.g. it is catching up or out of resources for a moment). A 4xx reply
+/// (wrong expected sequence, a message the stream refuses) is final.
+fn publish_transient(e: &PublishError) -> bool {
+    match e.kind() {
         PublishErrorKind::TimedOut
-            | PublishErrorKind::BrokenPipe
-            | PublishErrorKind::MaxAckPending
-            // "No responders": the stream's server is (re)starting.
-            | PublishErrorKind::StreamNotFound
-    )
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending
+        | PublishErrorKind::StreamNotFound => true,
+        PublishErrorKind::Other => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|api| api.code() >= 500),
+        _ => false,
+    }
 }
 
 fn lease_lost(lease: &Lease) -> QueueError {

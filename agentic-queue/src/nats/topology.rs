@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 
 use super::NatsQueueConfig;
@@ -158,17 +159,32 @@ pub(super) async fn ensure_streams(
         }
         let name = cfg.name.clone();
         if let Err(e) = js.create_stream(cfg).await {
-            // Another worker may have created it at the same moment.
+            // Another worker may have created it at the same moment, or the create went
+            // through and only its answer was late.
             if !stream_exists(js, &name).await? {
+                let retryable = create_transient(&e.kind());
                 return Err(QueueError::Backend {
                     message: format!("NATS: could not create stream {name}: {e}"),
-                    retryable: true,
+                    retryable,
                     source: Some(Box::new(e)),
                 });
             }
         }
     }
     Ok(())
+}
+
+/// A stream create worth another try: no answer, no responders, or a server-side API
+/// error (>= 500). A refused configuration (4xx: subjects overlapping another stream's, …)
+/// stays refused.
+fn create_transient(kind: &CreateStreamErrorKind) -> bool {
+    match kind {
+        CreateStreamErrorKind::TimedOut
+        | CreateStreamErrorKind::JetStreamUnavailable
+        | CreateStreamErrorKind::Response => true,
+        CreateStreamErrorKind::JetStream(api) => api.code() >= 500,
+        _ => false,
+    }
 }
 
 /// True when the stream exists; `Err` only when the server could not be asked.
