@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -23,6 +24,39 @@ use agentic_queue::{
 };
 use async_trait::async_trait;
 use tokio::time::Instant;
+
+/// The request timeout of the tests' queues: above the 5 s default, because the tests run in
+/// parallel on a loaded machine beside other users of the shared server.
+const TEST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tests' settings: their own prefix, a generous request timeout.
+fn test_config(url: String) -> NatsQueueConfig {
+    let mut config = NatsQueueConfig::new(url).prefix("agqtest");
+    config.request_timeout = TEST_REQUEST_TIMEOUT;
+    config
+}
+
+/// Runs `op` again while it fails with a retryable error, as a worker loop would (a
+/// request that timed out on a loaded server is not a broken guarantee), for up to 60 s;
+/// any other error fails the test. Jobs enqueued through it carry idempotency keys, so a
+/// retried publish whose first try was stored is deduplicated, not stored twice.
+async fn retrying<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, QueueError>>,
+{
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) if e.is_retryable() && Instant::now() < until => {
+                eprintln!("{what} failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
 
 fn nats_url(test: &str) -> Option<String> {
     match std::env::var("AGENTIC_NATS_URL") {
@@ -43,7 +77,7 @@ struct TestQueue {
 
 impl TestQueue {
     async fn connect(url: String, tweak: impl FnOnce(&mut NatsQueueConfig)) -> TestQueue {
-        let mut config = NatsQueueConfig::new(url).prefix("agqtest");
+        let mut config = test_config(url);
         tweak(&mut config);
         let queue = NatsQueue::connect_with(config)
             .await
@@ -110,6 +144,9 @@ impl TaskQueue for TestQueue {
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
         self.queue.ack(lease).await
     }
+    async fn ack_batch(&self, leases: &[Lease]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        self.queue.ack_batch(leases).await
+    }
     async fn nack(
         &self,
         lease: &Lease,
@@ -165,10 +202,13 @@ async fn workers_share_no_job(test: &str, workers: usize, jobs: usize) {
     admin.touch(&q);
     let mut ids = HashSet::new();
     for chunk in 0..jobs / 100 {
-        let batch = (0..100)
-            .map(|i| NewJob::new(format!("job-{}", chunk * 100 + i).into_bytes()))
+        let batch: Vec<NewJob> = (0..100)
+            .map(|i| {
+                let n = chunk * 100 + i;
+                NewJob::new(format!("job-{n}").into_bytes()).idempotency_key(format!("job-{n}"))
+            })
             .collect();
-        for e in admin.enqueue_batch(&q, batch).await.unwrap() {
+        for e in retrying("enqueue", || admin.enqueue_batch(&q, batch.clone())).await {
             ids.insert(e.id);
         }
     }
@@ -183,14 +223,20 @@ async fn workers_share_no_job(test: &str, workers: usize, jobs: usize) {
         let url = url.clone();
         let (q, holding, acked, done) = (q.clone(), holding.clone(), acked.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            let queue = NatsQueue::connect_with(NatsQueueConfig::new(url).prefix("agqtest"))
-                .await
-                .unwrap();
+            let queue = NatsQueue::connect_with(test_config(url)).await.unwrap();
             while done.load(Ordering::SeqCst) < jobs && Instant::now() < deadline {
-                let got = queue
+                let got = match queue
                     .dequeue(&q, 7, Duration::from_secs(20), Duration::from_millis(200))
                     .await
-                    .unwrap();
+                {
+                    Ok(got) => got,
+                    // A loaded server: try again, as a worker does.
+                    Err(e) => {
+                        assert!(e.is_retryable(), "dequeue: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 for d in &got {
                     let other = holding.lock().unwrap().insert(d.job_id().clone(), w);
                     assert!(
@@ -203,7 +249,8 @@ async fn workers_share_no_job(test: &str, workers: usize, jobs: usize) {
                 tokio::time::sleep(Duration::from_millis(fastrand_ms())).await;
                 for d in &got {
                     holding.lock().unwrap().remove(d.job_id());
-                    queue.ack(&d.lease).await.unwrap();
+                    // A failed ack keeps its lease: acking again is safe.
+                    retrying("ack", || queue.ack(&d.lease)).await;
                     *acked.lock().unwrap().entry(d.job_id().clone()).or_default() += 1;
                     done.fetch_add(1, Ordering::SeqCst);
                 }
@@ -248,20 +295,18 @@ async fn dead_worker_jobs_are_redelivered() {
     };
     let lease = Duration::from_secs(2);
     let config = |url: String| {
-        let mut c = NatsQueueConfig::new(url).prefix("agqtest");
+        let mut c = test_config(url);
         c.ack_wait = lease;
         c
     };
     let admin = TestQueue::connect(url.clone(), |c| c.ack_wait = lease).await;
     let q = unique("fault-dead");
     admin.touch(&q);
-    let jobs = (0..10)
-        .map(|i| NewJob::new(format!("d{i}").into_bytes()))
+    let jobs: Vec<NewJob> = (0..10)
+        .map(|i| NewJob::new(format!("d{i}").into_bytes()).idempotency_key(format!("d{i}")))
         .collect();
-    let ids: HashSet<JobId> = admin
-        .enqueue_batch(&q, jobs)
+    let ids: HashSet<JobId> = retrying("enqueue", || admin.enqueue_batch(&q, jobs.clone()))
         .await
-        .unwrap()
         .into_iter()
         .map(|e| e.id)
         .collect();
@@ -283,12 +328,13 @@ async fn dead_worker_jobs_are_redelivered() {
     let survivor = NatsQueue::connect_with(config(url)).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 10 && started.elapsed() < Duration::from_secs(10) {
-        got.extend(
-            survivor
-                .dequeue(&q, 10, Duration::from_secs(20), Duration::from_secs(1))
-                .await
-                .unwrap(),
-        );
+        match survivor
+            .dequeue(&q, 10, Duration::from_secs(20), Duration::from_secs(1))
+            .await
+        {
+            Ok(d) => got.extend(d),
+            Err(e) => assert!(e.is_retryable(), "dequeue: {e}"),
+        }
     }
     let elapsed = started.elapsed();
     assert_eq!(got.len(), 10, "every job of the dead worker came back");
@@ -322,7 +368,7 @@ async fn dead_worker_jobs_are_redelivered() {
         "the late ack did not take the job from its new owner"
     );
     for d in &got {
-        survivor.ack(&d.lease).await.unwrap();
+        retrying("ack", || survivor.ack(&d.lease)).await;
     }
     assert_eq!(admin.stats(&q).await.unwrap(), QueueStats::default());
 }
@@ -338,14 +384,12 @@ async fn leases_equal_to_and_longer_than_ack_wait() {
     };
     let ack_wait = Duration::from_secs(1);
     let owner = TestQueue::connect(url.clone(), |c| c.ack_wait = ack_wait).await;
-    let mut config = NatsQueueConfig::new(url).prefix("agqtest");
+    let mut config = test_config(url);
     config.ack_wait = ack_wait;
     let other = NatsQueue::connect_with(config).await.unwrap();
     let q = unique("lease-paths");
-    owner
-        .enqueue(&q, NewJob::new(b"beats".to_vec()))
-        .await
-        .unwrap();
+    let beats = NewJob::new(b"beats".to_vec()).idempotency_key("beats");
+    retrying("enqueue", || owner.enqueue(&q, beats.clone())).await;
 
     // Lease = ack_wait, kept for 2.5 s by Progress heartbeats.
     let d = owner
@@ -370,10 +414,8 @@ async fn leases_equal_to_and_longer_than_ack_wait() {
     owner.ack(&lease).await.unwrap();
 
     // Lease = 2.5 × ack_wait, no heartbeat: held past ack_wait, redelivered after the lease.
-    owner
-        .enqueue(&q, NewJob::new(b"long".to_vec()))
-        .await
-        .unwrap();
+    let long = NewJob::new(b"long".to_vec()).idempotency_key("long");
+    retrying("enqueue", || owner.enqueue(&q, long.clone())).await;
     let start = Instant::now();
     let d = owner
         .dequeue(&q, 1, Duration::from_millis(2500), Duration::from_secs(2))
@@ -423,10 +465,8 @@ async fn poison_payloads_are_dead_lettered() {
     };
     let queue = TestQueue::connect(url, |_| {}).await;
     let q = unique("fault-poison");
-    queue
-        .enqueue(&q, NewJob::new(b"fine".to_vec()))
-        .await
-        .unwrap();
+    let fine = NewJob::new(b"fine".to_vec()).idempotency_key("fine");
+    retrying("enqueue", || queue.enqueue(&q, fine.clone())).await;
     // Foreign publishers write straight to the level subject.
     let js = async_nats::jetstream::new(queue.queue.client().clone());
     let subject = format!("agqtest.{q}.p.0");
@@ -453,10 +493,8 @@ async fn poison_payloads_are_dead_lettered() {
             .await
             .unwrap();
     }
-    queue
-        .enqueue(&q, NewJob::new(b"{not json".to_vec()))
-        .await
-        .unwrap();
+    let not_json = NewJob::new(b"{not json".to_vec()).idempotency_key("not-json");
+    retrying("enqueue", || queue.enqueue(&q, not_json.clone())).await;
 
     let mut got = Vec::new();
     let until = Instant::now() + Duration::from_secs(3);
@@ -607,10 +645,15 @@ async fn server_restart_loses_no_job() {
     let q = unique("fault-restart");
     let mut all = HashSet::new();
     for chunk in 0..JOBS / 500 {
-        let batch = (0..500)
-            .map(|i| NewJob::new(format!("r{}", chunk * 500 + i).into_bytes()))
+        // Keyed: a publish retried after its ack was lost is a duplicate, not a second job
+        // (which would never let `completed` reach exactly `JOBS` ids).
+        let batch: Vec<NewJob> = (0..500)
+            .map(|i| {
+                let n = format!("r{}", chunk * 500 + i);
+                NewJob::new(n.clone().into_bytes()).idempotency_key(n)
+            })
             .collect();
-        for e in admin.enqueue_batch(&q, batch).await.unwrap() {
+        for e in retrying("enqueue", || admin.enqueue_batch(&q, batch.clone())).await {
             all.insert(e.id);
         }
     }
