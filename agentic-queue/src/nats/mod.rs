@@ -103,12 +103,16 @@
 //! resume. A fetch in flight when the connection drops is bounded by
 //! [`NatsQueueConfig::request_timeout`] and fails with a retryable error; messages the
 //! server had already sent to it are lost with the connection and stay pending, so they are
-//! redelivered after `ack_wait` with the next attempt. Publishes that fail with a timeout or
-//! a broken connection are retried: a keyed job with the same `Nats-Msg-Id`, so a retry the
-//! server had already stored is a duplicate, not a second job; an unkeyed job has no id to
-//! dedupe on, so a retry after a lost publish ack may store it twice (two jobs, each run at
-//! least once, which at-least-once allows). A server killed without a clean shutdown may
-//! come back holding messages its consumer already acked; see `repair_level`.
+//! redelivered after `ack_wait` with the next attempt. Publishes that fail with a timeout, a
+//! broken connection or an API error with a server-side code (>= 500) are retried: a keyed
+//! job with the same `Nats-Msg-Id`, so a retry the server had already stored is a
+//! duplicate, not a second job; an unkeyed job has no id to dedupe on, so a retry after a
+//! lost publish ack may store it twice (two jobs, each run at least once, which
+//! at-least-once allows). The first use of a queue (its streams) and of a level (its
+//! consumer) is retried with backoff for up to 3 × `request_timeout`: a loaded server that
+//! times out one of these idempotent setup requests does not fail the caller's first
+//! enqueue or dequeue. A server killed without a clean shutdown may come back holding
+//! messages its consumer already acked; see `repair_level`.
 
 mod envelope;
 mod topology;
