@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lapin::Acker;
+use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use lapin::types::ShortString;
 use tokio::time::Instant;
@@ -32,7 +33,7 @@ use tokio::time::Instant;
 use super::envelope::{self, Job};
 use super::link::{Outgoing, lock, map_err};
 use super::topology::{MAX_DELAY, QueueSpec};
-use super::{Inner, QueueState, lease_lost, noun, requeue};
+use super::{Inner, Inspected, QueueState, inspect, lease_lost, noun, requeue};
 use crate::{Lease, QueueError};
 use Fault::{Failed, Lost};
 
@@ -212,8 +213,9 @@ impl Inner {
         }
     }
 
-    /// Expires what ran out and parks deliveries that near the broker's timeout.
-    pub(super) async fn reap_once(&self) {
+    /// Expires what ran out, parks leases that near the broker's timeout, and hands back
+    /// buffered deliveries that near it.
+    pub(super) async fn reap_once(self: &Arc<Self>) {
         let states: Vec<Arc<QueueState>> = lock(&self.queues).values().cloned().collect();
         let now = Instant::now();
         let ahead = park_ahead(self.config.reap_interval);
@@ -245,7 +247,80 @@ impl Inner {
                 };
                 lock(&state.leases).insert(key, held);
             }
+            self.hand_back_aged(&state, now + ahead).await;
         }
+    }
+
+    /// Deliveries that waited in the buffer (no `dequeue` took them: the workers were
+    /// busy) until they near the broker's consumer timeout go back to the work queue
+    /// before the broker closes their channel, which would return every delivery and
+    /// lease on it and count an attempt for each. Nacking with requeue would count an
+    /// attempt too (the quorum queue's `x-delivery-count`), so each is published again
+    /// as a copy that carries only the attempts really made (this delivery never ran),
+    /// then acked: copy first, so a failure in between duplicates the job, never loses
+    /// it. A copy that cannot be published stays in the buffer and is tried again on the
+    /// next round.
+    async fn hand_back_aged(self: &Arc<Self>, state: &Arc<QueueState>, by: Instant) {
+        let aged = state.take_aged(self.config.max_lease(), by);
+        let mut kept = Vec::new();
+        for (received, d) in aged {
+            if let Err(e) = self.hand_back(state, &d).await {
+                tracing::warn!(queue = %state.names.queue, error = %e, "could not hand back a buffered delivery before the broker's consumer timeout");
+                kept.push((received, d));
+            }
+        }
+        state.put_back(kept);
+    }
+
+    /// Hands one buffered delivery back (see [`Inner::hand_back_aged`]).
+    async fn hand_back(
+        self: &Arc<Self>,
+        state: &Arc<QueueState>,
+        d: &AmqpDelivery,
+    ) -> Result<(), QueueError> {
+        let park_queue = envelope::park_queue(&d.properties);
+        let payload = Bytes::copy_from_slice(&d.data);
+        match inspect(&d.properties, d.delivery_tag) {
+            Inspected::Dead {
+                job,
+                attempts,
+                reason,
+            } => {
+                // What `dequeue` would have done with it. On failure it was given back
+                // (nacked), so it is not kept either way.
+                if let Err(e) = self
+                    .dead_letter_delivery(state, &d.acker, &job, &payload, attempts, &reason)
+                    .await
+                {
+                    tracing::warn!(error = %e, job = %job.id, "could not dead-letter a delivery; returned it");
+                }
+            }
+            Inspected::Job {
+                mut job,
+                attempt,
+                last_error,
+            } => {
+                job.prior_attempts = attempt - 1;
+                job.last_error = last_error;
+                let copy = Outgoing {
+                    queue: state.names.work_spec(),
+                    payload,
+                    properties: job.properties()?,
+                };
+                self.publish_all(std::slice::from_ref(&copy)).await?;
+                if !matches!(d.acker.ack(BasicAckOptions::default()).await, Ok(true)) {
+                    // Its channel closed meanwhile: the broker returned the original too.
+                    tracing::warn!(queue = %state.names.queue, job = %job.id, "a buffered delivery was returned by the broker while it was handed back: delivered twice");
+                } else {
+                    tracing::debug!(queue = %state.names.queue, job = %job.id, attempt, "buffered delivery handed back before the broker's consumer timeout");
+                }
+            }
+        }
+        if let Some(name) = park_queue {
+            // A parked lease's copy that came back: nothing in its park queue is needed.
+            self.forget_park_queue(state, name);
+        }
+        Ok(())
     }
 
     /// Extends a lease in place, or parks it (or renews its parked copy) when it has to

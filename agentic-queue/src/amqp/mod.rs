@@ -20,7 +20,7 @@
 //! | operation | AMQP |
 //! |---|---|
 //! | `enqueue` | `basic.publish` (persistent, mandatory) on a confirm channel; returns once the broker confirmed every message |
-//! | `dequeue` | one consumer per queue and process (`basic.qos` prefetch); deliveries wait in a local buffer until a `dequeue` takes them |
+//! | `dequeue` | one consumer per queue and process (`basic.qos` prefetch); deliveries wait in a local buffer until a `dequeue` takes them, and go back (copy, then ack: no attempt counted) if they wait until near the broker's `consumer_timeout` |
 //! | lease | the unacked delivery, plus a local expiry: an expired lease is `basic.nack`ed with requeue (or dead-lettered on its last attempt) |
 //! | long lease | before the broker's `consumer_timeout` would close the channel, the lease is parked: a copy with a TTL, then ack (see `lease.rs`) |
 //! | fencing | a lease is valid only while its delivery is unacked on the channel that received it; the token is `(epoch, attempt)` in the high bits and a per-process delivery number in the low ones |
@@ -37,7 +37,7 @@
 //!
 //! | capability | `AmqpQueue` |
 //! |---|---|
-//! | priorities | 1 level (FIFO): quorum queues have no priorities in RabbitMQ 3.x; the job's priority is kept and delivered as given |
+//! | priorities | 1 level (FIFO): quorum queues have no priorities before RabbitMQ 4.0 (which has two, not ten); the job's priority is kept and delivered as given |
 //! | delays | yes, on the broker's clock, rounded up to two significant digits of milliseconds, at most 49 days |
 //! | dedupe | yes, one small classic queue per key for the window (1 hour by default) |
 //! | max lease | unbounded (49 days): past the broker's `consumer_timeout` ([`AmqpQueueConfig::consumer_timeout`]) a lease is parked |
@@ -95,9 +95,18 @@ pub struct AmqpQueueConfig {
     /// How long an idempotency key dedupes. Each key costs one small classic queue on the
     /// broker for this long, so keep it as short as the use allows.
     pub dedupe_window: Duration,
-    /// Deliveries the broker pushes ahead of `dequeue` calls (`basic.qos`), per queue.
-    /// Set it to the worker's concurrency: deliveries in the local buffer are held for
-    /// this process and count as a delivery if the process dies.
+    /// Most deliveries unacked on this process's consumer of one queue (`basic.qos`):
+    /// the leases being worked on plus those waiting in the local buffer for a
+    /// `dequeue`. Size it with [`AmqpQueueConfig::prefetch_for_concurrency`]: to the
+    /// number of jobs this process runs at a time from one queue (the sum over its
+    /// workers on that queue, e.g. an agent card's `max_concurrency`). Then the buffer
+    /// holds at most what the workers can take as their running jobs finish. A larger
+    /// prefetch keeps jobs waiting in this process that idle processes could run, and
+    /// every buffered delivery costs its job an attempt if the connection is lost.
+    /// Buffered deliveries that near the broker's consumer timeout are handed back
+    /// without costing an attempt (copy, then ack); leases parked past that timeout no
+    /// longer count against the prefetch, so a worker busy with parked long tasks can
+    /// have up to `prefetch` deliveries waiting.
     pub prefetch: u16,
     /// The quorum queue's `x-delivery-limit`: returns (lease expiries, lost consumers)
     /// after which the broker itself dead-letters a message. A backstop for jobs that kill
@@ -206,6 +215,13 @@ impl AmqpQueueConfig {
     /// Sets the prefetch (deliveries buffered ahead per queue).
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = prefetch;
+        self
+    }
+
+    /// Sets the prefetch for a process that runs `concurrency` jobs of one queue at a
+    /// time (see [`AmqpQueueConfig::prefetch`]): at least 1, at most `u16::MAX`.
+    pub fn prefetch_for_concurrency(mut self, concurrency: usize) -> Self {
+        self.prefetch = u16::try_from(concurrency.max(1)).unwrap_or(u16::MAX);
         self
     }
 
@@ -346,6 +362,41 @@ impl QueueState {
                 });
             }
         }
+    }
+
+    /// Takes out of the buffer, oldest first, the deliveries whose broker deadline
+    /// (`max_lease` after they arrived) falls at or before `by`; those whose channel
+    /// closed are dropped (the broker has them back already).
+    fn take_aged(&self, max_lease: Duration, by: Instant) -> Vec<(Instant, AmqpDelivery)> {
+        let mut buffer = lock(&self.buffer);
+        let mut aged = Vec::new();
+        // Arrival order: the oldest are at the front.
+        while buffer
+            .front()
+            .is_some_and(|(received, _)| *received + max_lease <= by)
+        {
+            if let Some((received, d)) = buffer.pop_front()
+                && d.acker.usable()
+            {
+                aged.push((received, d));
+            }
+        }
+        aged
+    }
+
+    /// Returns deliveries taken by [`QueueState::take_aged`] to the front of the buffer,
+    /// in their order.
+    fn put_back(&self, aged: Vec<(Instant, AmqpDelivery)>) {
+        if aged.is_empty() {
+            return;
+        }
+        {
+            let mut buffer = lock(&self.buffer);
+            for entry in aged.into_iter().rev() {
+                buffer.push_front(entry);
+            }
+        }
+        self.arrived.notify_waiters();
     }
 
     /// Deliveries in the buffer that can still be acked (their channel is open).
@@ -554,47 +605,26 @@ impl Inner {
             // A parked lease's copy came back: its worker is gone.
             self.forget_park_queue(state, park_queue);
         }
-        let returns = envelope::delivery_count(&d.properties);
         let payload = Bytes::from(d.data);
-        let job = match Job::parse(&d.properties, d.delivery_tag) {
-            Ok(job) => job,
-            Err(reason) => {
-                let job = Job::new(
-                    d.properties
-                        .message_id()
-                        .as_ref()
-                        .map(|id| JobId(id.as_str().to_owned()))
-                        .unwrap_or_else(|| JobId(format!("amqp-{:016x}", fastrand::u64(..)))),
-                    &NewJob::new(Bytes::new()),
-                );
+        let (job, attempt, last_error) = match inspect(&d.properties, d.delivery_tag) {
+            Inspected::Job {
+                job,
+                attempt,
+                last_error,
+            } => (job, attempt, last_error),
+            Inspected::Dead {
+                job,
+                attempts,
+                reason,
+            } => {
                 return Admitted::DeadLetter {
                     acker: d.acker,
                     job,
                     payload,
-                    attempts: returns + 1,
-                    reason: format!("undecodable job: {reason}"),
+                    attempts,
+                    reason,
                 };
             }
-        };
-        let attempt = job.prior_attempts.saturating_add(returns).saturating_add(1);
-        if attempt > job.max_attempts {
-            // Its last holder went away with the delivery unacked (process died,
-            // connection lost) on the last permitted attempt.
-            let spent = attempt - 1;
-            return Admitted::DeadLetter {
-                acker: d.acker,
-                reason: format!("lease expired after {spent} {}", noun(spent)),
-                attempts: spent,
-                job,
-                payload,
-            };
-        }
-        let last_error = if returns > 0 {
-            // Returned unacked since this copy was published: the lease ran out (here or
-            // with a process or connection that is gone).
-            Some(format!("lease expired on attempt {}", attempt - 1))
-        } else {
-            job.last_error.clone()
         };
         let serial = self.deliveries.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
         let token = (u64::from(job.epoch.min(0xffff)) << 48)
@@ -671,6 +701,71 @@ impl Inner {
     }
 }
 
+/// What a delivered message is, before it is handed out.
+enum Inspected {
+    /// A job on its `attempt`-th delivery.
+    Job {
+        job: Job,
+        attempt: u32,
+        /// What the worker is told went wrong last time.
+        last_error: Option<String>,
+    },
+    /// Over its attempts (its last holder died) or undecodable: dead-letter it.
+    Dead {
+        job: Job,
+        attempts: u32,
+        reason: String,
+    },
+}
+
+/// Reads a delivered message: its job, which attempt this delivery is (the deliveries of
+/// earlier copies plus the broker's returns of this one, plus one), or why it has to be
+/// dead-lettered instead.
+fn inspect(props: &lapin::BasicProperties, delivery_tag: u64) -> Inspected {
+    let returns = envelope::delivery_count(props);
+    let job = match Job::parse(props, delivery_tag) {
+        Ok(job) => job,
+        Err(reason) => {
+            let job = Job::new(
+                props
+                    .message_id()
+                    .as_ref()
+                    .map(|id| JobId(id.as_str().to_owned()))
+                    .unwrap_or_else(|| JobId(format!("amqp-{:016x}", fastrand::u64(..)))),
+                &NewJob::new(Bytes::new()),
+            );
+            return Inspected::Dead {
+                job,
+                attempts: returns + 1,
+                reason: format!("undecodable job: {reason}"),
+            };
+        }
+    };
+    let attempt = job.prior_attempts.saturating_add(returns).saturating_add(1);
+    if attempt > job.max_attempts {
+        // Its last holder went away with the delivery unacked (process died, connection
+        // lost) on the last permitted attempt.
+        let spent = attempt - 1;
+        return Inspected::Dead {
+            reason: format!("lease expired after {spent} {}", noun(spent)),
+            attempts: spent,
+            job,
+        };
+    }
+    let last_error = if returns > 0 {
+        // Returned unacked since this copy was published: the lease ran out (here or with
+        // a process or connection that is gone).
+        Some(format!("lease expired on attempt {}", attempt - 1))
+    } else {
+        job.last_error.clone()
+    };
+    Inspected::Job {
+        job,
+        attempt,
+        last_error,
+    }
+}
+
 /// The consumer task: moves deliveries into the buffer until the channel ends.
 async fn consume(state: Weak<QueueState>, mut consumer: lapin::Consumer) {
     while let Some(item) = consumer.next().await {
@@ -705,7 +800,8 @@ async fn consume(state: Weak<QueueState>, mut consumer: lapin::Consumer) {
     }
 }
 
-/// The lease reaper: returns jobs whose lease ran out.
+/// The lease reaper: returns jobs whose lease ran out, parks long leases and hands back
+/// buffered deliveries before the broker's consumer timeout.
 async fn reap(inner: Weak<Inner>) {
     loop {
         let interval = match inner.upgrade() {
@@ -723,7 +819,7 @@ async fn reap(inner: Weak<Inner>) {
 impl TaskQueue for AmqpQueue {
     fn capabilities(&self) -> QueueCapabilities {
         let mut caps = QueueCapabilities::full(self.inner.config.max_payload_bytes);
-        // Quorum queues have no priorities in RabbitMQ 3.x (3.13 added two levels, not ten).
+        // Quorum queues have no priorities before RabbitMQ 4.0 (which has two levels, not ten).
         caps.priority_levels = 1;
         // Unbounded: a lease that must outlive the broker's consumer timeout is parked
         // (see `lease`).
