@@ -642,6 +642,44 @@ impl Drop for BrokerSetting {
     }
 }
 
+/// A plain lapin consumer on `channel` that receives one message and never acks it: the
+/// broker should close the channel after its consumer timeout, which shows the short
+/// timeout a test set is really enforced. Returns the consumer (keep it alive).
+async fn hold_one_delivery(channel: &lapin::Channel) -> lapin::Consumer {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            queue.name().clone(),
+            Default::default(),
+            b"held too long",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let _unacked = futures::StreamExt::next(&mut consumer).await;
+    consumer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_longer_than_the_consumer_timeout_keeps_its_lease_with_heartbeats() {
     let Some(url) = amqp_url() else { return };
@@ -682,37 +720,7 @@ async fn a_task_longer_than_the_consumer_timeout_keeps_its_lease_with_heartbeats
             .unwrap()
     };
     assert_eq!(got.len(), 2);
-    let control_queue = control_channel
-        .queue_declare(
-            "".into(),
-            lapin::options::QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    control_channel
-        .basic_publish(
-            "".into(),
-            control_queue.name().clone(),
-            Default::default(),
-            b"held too long",
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    let mut control_consumer = control_channel
-        .basic_consume(
-            control_queue.name().clone(),
-            "".into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    let _unacked = futures::StreamExt::next(&mut control_consumer).await;
+    let _control_consumer = hold_one_delivery(&control_channel).await;
 
     // The task runs for three times the broker's timeout, heartbeating every 500 ms with
     // a 2 s lease; another worker watches the queue all along.
@@ -803,5 +811,91 @@ async fn a_task_longer_than_the_consumer_timeout_keeps_its_lease_with_heartbeats
     }
     assert_empty(&worker, &name).await;
     assert_empty(&other, &name).await;
+    let _ = control.close(200, "done".into()).await;
+}
+
+/// A worker busy with a long task leaves a prefetched delivery waiting in the local
+/// buffer for longer than the broker's consumer timeout. The backend hands it back
+/// before the broker's deadline (copy, then ack), so the broker never closes the
+/// channel and the job, which allows a single attempt, still runs as attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_delivery_outlives_the_consumer_timeout_without_losing_an_attempt() {
+    let Some(url) = amqp_url() else { return };
+    let _exclusive = BROKER_SETTINGS.clone().write_owned().await;
+    let name = unique("buffered");
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    let mut config = test_config(url.clone())
+        .connection_name(format!("agentic-test-{name}"))
+        .prefetch_for_concurrency(2);
+    config.consumer_timeout = TIMEOUT;
+    let worker = Cleanup::new(connect(config).await);
+    worker
+        .enqueue_batch(
+            &name,
+            vec![
+                NewJob::new(&b"a long agent task"[..]).max_attempts(1),
+                NewJob::new(&b"a job that waits in the buffer"[..]).max_attempts(1),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let control = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let _tick = BrokerSetting::set("channel_tick_interval", 100);
+    let control_channel;
+    let long = {
+        let _short = BrokerSetting::set("consumer_timeout", TIMEOUT.as_millis() as u64);
+        // Both channels start while the short timeout is set.
+        control_channel = control.create_channel().await.unwrap();
+        let mut got = worker
+            .dequeue(&name, 1, Duration::from_secs(2), Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        got.remove(0)
+    };
+    assert_eq!(long.payload.as_ref(), b"a long agent task");
+    let _control_consumer = hold_one_delivery(&control_channel).await;
+    // The second job was prefetched with the first (prefetch 2) and waits in the buffer.
+    let stats = worker.stats(&name).await.unwrap();
+    assert_eq!((stats.ready, stats.leased), (1, 1), "{stats:?}");
+
+    // The one task this worker can run lasts three times the broker's timeout (its lease
+    // is parked and kept by heartbeats); nobody takes the buffered job meanwhile.
+    let started = tokio::time::Instant::now();
+    let mut lease = long.lease.clone();
+    while started.elapsed() < TIMEOUT * 3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        lease = worker
+            .extend_lease(&lease, Duration::from_secs(2))
+            .await
+            .unwrap();
+    }
+    assert!(
+        !control_channel.status().connected(),
+        "the broker should have closed the control channel, which held a delivery past its {TIMEOUT:?} consumer timeout"
+    );
+    worker.ack(&lease).await.unwrap();
+
+    let waited = worker
+        .dequeue(&name, 1, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        waited.len(),
+        1,
+        "the buffered job is still deliverable (not dead-lettered for a lost attempt): {:?}",
+        worker.dead_letters(&name, 10).await.unwrap()
+    );
+    let waited = &waited[0];
+    assert_eq!(waited.payload.as_ref(), b"a job that waits in the buffer");
+    assert_eq!(waited.attempt, 1, "waiting in the buffer cost no attempt");
+    assert_eq!(waited.last_error, None);
+    worker.ack(&waited.lease).await.unwrap();
+    assert!(worker.dead_letters(&name, 10).await.unwrap().is_empty());
+    assert_empty(&worker, &name).await;
     let _ = control.close(200, "done".into()).await;
 }
