@@ -622,6 +622,55 @@ impl Drop for PrivateNats {
     }
 }
 
+/// The first use of a queue creates its streams and consumers; when those requests time
+/// out (here: the server is down for 3 s, longer than one request's 2 s) they are retried within
+/// 3 × `request_timeout`, so the caller's first enqueue and dequeue succeed instead of
+/// failing on the first timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_use_of_a_queue_outlasts_a_server_restart() {
+    if nats_url("first_use_of_a_queue_outlasts_a_server_restart").is_none() {
+        return;
+    }
+    let mut server = PrivateNats::start();
+    let mut config = NatsQueueConfig::new(server.url()).prefix("agqtest");
+    config.request_timeout = Duration::from_secs(2);
+    // Reconnect attempts every 100 ms (the default backs off to seconds), so the test
+    // measures the queue's retry, not the client's reconnect backoff.
+    let client = async_nats::ConnectOptions::new()
+        .request_timeout(Some(config.request_timeout))
+        .reconnect_delay_callback(|_| Duration::from_millis(100))
+        .connect(server.url())
+        .await
+        .unwrap();
+    let queue = NatsQueue::with_client(client, config).unwrap();
+    let q = unique("setup-retry");
+    server.kill();
+    let started = Instant::now();
+    let enqueue = {
+        let (queue, q) = (queue.clone(), q.clone());
+        tokio::spawn(async move {
+            queue
+                .enqueue(&q, NewJob::new(b"first".to_vec()).idempotency_key("first"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.spawn();
+    let enqueued = enqueue.await.unwrap();
+    assert!(
+        enqueued.is_ok(),
+        "first enqueue after {:?}: {enqueued:?}",
+        started.elapsed()
+    );
+    let got = retrying("dequeue", || {
+        queue.dequeue(&q, 1, Duration::from_secs(10), Duration::from_secs(2))
+    })
+    .await;
+    assert_eq!(got.len(), 1);
+    retrying("ack", || queue.ack(&got[0].lease)).await;
+    queue.delete_queue(&q).await.unwrap();
+}
+
 /// 10,000 jobs, two workers, and the server killed (SIGKILL) and restarted on the same port
 /// and store in the middle of the run: every job is completed at least once, none is lost
 /// or dead-lettered, and the queue drains to empty. Jobs in flight at the kill come back

@@ -1692,6 +1692,28 @@ mod tests {
     }
 
     #[test]
+    fn server_side_publish_errors_are_transient() {
+        let api = |code: u16| {
+            serde_json::from_value::<jetstream::Error>(serde_json::json!({
+                "code": code, "err_code": 10008, "description": "temporarily unavailable"
+            }))
+            .map(|e| PublishError::with_source(PublishErrorKind::Other, e))
+        };
+        assert!(api(503).is_ok_and(|e| publish_transient(&e)));
+        assert!(api(500).is_ok_and(|e| publish_transient(&e)));
+        assert!(api(400).is_ok_and(|e| !publish_transient(&e)));
+        assert!(!publish_transient(&PublishError::new(
+            PublishErrorKind::Other
+        )));
+        assert!(publish_transient(&PublishError::new(
+            PublishErrorKind::TimedOut
+        )));
+        assert!(!publish_transient(&PublishError::new(
+            PublishErrorKind::WrongLastSequence
+        )));
+    }
+
+    #[test]
     fn nak_bodies() {
         assert_eq!(nak(Duration::ZERO).as_ref(), b"-NAK");
         assert_eq!(
