@@ -96,6 +96,10 @@ pub struct TaskRecord {
     /// The worker that runs (or last ran) it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The queue job of the current (or last) run, so a duplicate job of a running task is
+    /// told apart from that run's own job coming back after its lease expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// Last change, ms since the epoch.
     #[serde(default)]
     pub updated_ms: u64,
@@ -112,6 +116,7 @@ impl TaskRecord {
             error: None,
             decision: None,
             worker: None,
+            job: None,
             updated_ms: crate::event::now_ms(),
         }
     }

@@ -451,17 +451,25 @@ async fn run_task(
     }
 
     // Claim the task. A record still `Running` means the previous run's worker stopped
-    // heartbeating (it died or stalled past its lease): that run counts as a failure.
+    // heartbeating (it died or stalled past its lease): that run counts as a failure, when
+    // this delivery is that run's job coming back. A *first* delivery of another job for
+    // the running task is a duplicate (an orchestrator that took the goal over re-enqueued
+    // it after the queue's dedupe window had passed): it must not take the task over.
     let max_attempts = env.retry.max_attempts.max(1);
     let worker_name = &inner.config.name;
+    let job_id = lease.job_id.as_str();
+    let duplicate =
+        |r: &TaskRecord| delivery.attempt <= 1 && r.job.as_deref().is_some_and(|j| j != job_id);
     let claimed = records::modify::<TaskRecord, _>(store, &task_key, |r| match r.state {
         TaskState::Queued => {
             r.state = TaskState::Running;
             r.runs += 1;
             r.worker = Some(worker_name.clone());
+            r.job = Some(job_id.to_owned());
             r.updated_ms = crate::event::now_ms();
             true
         }
+        TaskState::Running if duplicate(r) => false,
         TaskState::Running => {
             r.failures += 1;
             r.error = Some(format!(
@@ -474,6 +482,7 @@ async fn run_task(
             } else {
                 r.runs += 1;
                 r.worker = Some(worker_name.clone());
+                r.job = Some(job_id.to_owned());
             }
             r.updated_ms = crate::event::now_ms();
             true
@@ -495,6 +504,12 @@ async fn run_task(
             // and repeat the poke in case the first one was lost too.
             queue.ack(lease).await.or_else(ignore_lease_lost)?;
             poke(inner, env, Some(r.state)).await?;
+            return Ok(());
+        }
+        Modified::Unchanged(r) if r.state == TaskState::Running && duplicate(&r) => {
+            // Dedupe by the task record: the run in progress owns the task.
+            tracing::info!(goal = %env.goal, task = %env.task, job = %job_id, "duplicate job of a running task dropped");
+            queue.ack(lease).await.or_else(ignore_lease_lost)?;
             return Ok(());
         }
         Modified::Unchanged(r) => {

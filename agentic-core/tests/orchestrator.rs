@@ -638,6 +638,56 @@ async fn a_worker_that_dies_mid_task_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_job_of_a_running_task_does_not_take_it_over() {
+    let (parts, _rec) = setup();
+    let orchestrator = Orchestrator::start(parts.clone());
+    let gate = Gate::default();
+    let _worker = Worker::builder(parts.clone()).agent(gate.clone()).start();
+    let plan = Plan::builder("dup")
+        .task(TaskSpec::new("t", "gate").retry(fast_retry(3)))
+        .build()
+        .unwrap();
+    let goal = orchestrator.submit(plan).await.unwrap();
+    eventually("the run to start", || async {
+        gate.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // What an orchestrator that took the goal over re-enqueues once the queue no longer
+    // remembers the first job's idempotency key: the same task again, as a new job.
+    let envelope =
+        json!({ "goal": goal.as_str(), "task": "t", "capability": "gate", "tenant": "default" });
+    parts
+        .queue
+        .enqueue(
+            "agentic.task.gate",
+            NewJob::new(serde_json::to_vec(&envelope).unwrap()),
+        )
+        .await
+        .unwrap();
+    eventually("the duplicate to be taken off the queue", || async {
+        let stats = parts.queue.stats("agentic.task.gate").await.unwrap();
+        stats.ready == 0 && stats.leased == 1
+    })
+    .await;
+    gate.open();
+    let result = tokio::time::timeout(WAIT, orchestrator.wait(&goal))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.status, GoalStatus::Completed);
+    // One run: the duplicate neither started a second one nor counted the first abandoned.
+    assert_eq!(gate.started.load(Ordering::SeqCst), 1);
+    assert_eq!(gate.completed.lock().unwrap()["t"], 1);
+    assert!(result.errors.is_empty(), "{:?}", result.errors);
+    let stats = parts.queue.stats("agentic.task.gate").await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.leased, stats.dead),
+        (0, 0, 0),
+        "the duplicate was acked, not dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_orchestrator_resumes_a_dropped_ones_goal() {
     let (parts, rec) = setup();
     let first = Orchestrator::builder(parts.clone())
