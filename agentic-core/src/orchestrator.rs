@@ -1225,6 +1225,7 @@ impl GoalRuntime {
         }
         let pending = std::mem::take(&mut self.to_enqueue);
         let mut first_error = None;
+        let mut enqueue_failed = false;
         // (capability, jobs, tasks) per queue; plans use few capabilities.
         let mut batches: Vec<Batch<'_>> = Vec::new();
         let plan = Arc::clone(&self.plan);
@@ -1251,8 +1252,9 @@ impl GoalRuntime {
             let mut jobs = jobs.into_iter();
             for tasks in tasks.chunks(FLUSH_BATCH) {
                 let chunk: Vec<NewJob> = jobs.by_ref().take(tasks.len()).collect();
-                if first_error.is_some() {
-                    // Keep the order simple after a failure: everything left waits.
+                if enqueue_failed {
+                    // The queue refused a batch: what is left waits for the next flush
+                    // rather than being tried against a queue that is failing now.
                     self.to_enqueue.extend_from_slice(tasks);
                     continue;
                 }
@@ -1272,7 +1274,8 @@ impl GoalRuntime {
                     }
                     Err(e) => {
                         self.to_enqueue.extend_from_slice(tasks);
-                        first_error = Some(e.into());
+                        enqueue_failed = true;
+                        first_error.get_or_insert(e.into());
                     }
                 }
             }
