@@ -24,7 +24,7 @@
 //! | feature | backend | runs |
 //! |---|---|---|
 //! | `wasm` | `WasmSandbox` (wasmtime 48, WASI preview 1) | WebAssembly command modules; Python and JavaScript source when their runtimes are configured |
-//! | `process` (Linux) | `ProcessSandbox` (rlimits, network namespace, Landlock) | native commands |
+//! | `process` (Linux) | `ProcessSandbox` (rlimits, network and PID namespaces, Landlock) | native commands |
 //! | (always) | [`NoSandbox`] | nothing: [`SandboxError::Unavailable`] |
 //!
 //! # Guarantees

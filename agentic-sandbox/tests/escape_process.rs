@@ -1,7 +1,7 @@
 //! The escape and abuse suite against `ProcessSandbox`: host files by absolute path, by `..`
 //! from the mount and through planted symlinks; writes into a read-only mount; the network;
-//! CPU, memory, stack and output abuse; a fork bomb; children that outlive the program; huge
-//! argv; a non-zero exit and a file that is not a program. Protections the kernel does not
+//! CPU, memory, stack and output abuse; a fork bomb; children that outlive the program (also
+//! after `setsid`); huge argv; a non-zero exit and a file that is not a program. Protections the kernel does not
 //! offer here (Landlock, namespaces) turn their cases into printed skips, never false passes.
 
 #![cfg(all(feature = "process", target_os = "linux"))]
@@ -400,6 +400,102 @@ async fn children_do_not_outlive_the_program() {
         "waited for the children"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(survivors(&format!("sleep {marker}")), Vec::<String>::new());
+}
+
+/// `sh` script: a child that leaves the process group and session (`setsid`) and, unless it
+/// is killed first, writes `escaped-<case>` into the working directory after `delay`; and a
+/// `setsid -f sleep` with `marker` in its command line. Then `main`.
+fn leave_the_group(case: &str, delay: &str, marker: &str, main: &str) -> String {
+    format!(
+        "setsid sh -c 'sleep {delay}; echo escaped > escaped-{case}' & \
+         setsid -f sleep {marker}; {main}"
+    )
+}
+
+#[tokio::test]
+async fn children_that_leave_the_process_group_do_not_outlive_the_run() {
+    let sandbox = sandbox();
+    if !sandbox.processes_isolated() {
+        return skip(
+            "children_that_leave_the_process_group",
+            "no PID namespace here: a setsid child survives the group kill (documented)",
+        );
+    }
+    let layout = layout();
+    let marker = "63.4567";
+    let run = |script: String, limits: Limits| {
+        sandbox.execute(
+            ExecRequest::command("sh")
+                .arg("-c")
+                .arg(script)
+                .mount(mount(&layout.work, MountMode::ReadWrite).unwrap())
+                .limits(limits),
+        )
+    };
+
+    // The control: while the run lasts, such a child does write its file, so its absence
+    // below means it was killed, not that it could not write.
+    let outcome = run(
+        leave_the_group("control", "0.1", marker, "sleep 1.5"),
+        limits(),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.success(), "{}", outcome.stderr_text());
+    assert!(enforces(&outcome, "pidns"), "{:?}", outcome.enforced);
+    assert_eq!(
+        std::fs::read_to_string(layout.work.join("escaped-control")).unwrap(),
+        "escaped\n"
+    );
+
+    // The program exits at once, leaving its setsid children behind.
+    let outcome = run(
+        leave_the_group("exit", "1.5", marker, "echo started; exit 0"),
+        limits(),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.success(), "{}", outcome.stderr_text());
+    assert_eq!(outcome.stdout_text(), "started\n");
+
+    // The wall clock stops the run.
+    let outcome = run(
+        leave_the_group("timeout", "1.5", marker, "sleep 30"),
+        Limits {
+            wall_time: Duration::from_millis(500),
+            ..limits()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.termination, Termination::Timeout);
+
+    // The output limit stops the run.
+    let outcome = run(
+        leave_the_group("output", "1.5", marker, "yes"),
+        Limits {
+            output_bytes: 10_000,
+            ..limits()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.termination, Termination::OutputLimit);
+
+    assert_eq!(
+        survivors(&format!("sleep {marker}")),
+        Vec::<String>::new(),
+        "setsid children survived their run"
+    );
+    // Past every child's delay: had any survived, its file would be there by now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for case in ["exit", "timeout", "output"] {
+        assert!(
+            !layout.work.join(format!("escaped-{case}")).exists(),
+            "the setsid child of the `{case}` run outlived it"
+        );
+    }
     assert_eq!(survivors(&format!("sleep {marker}")), Vec::<String>::new());
 }
 

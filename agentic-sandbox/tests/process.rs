@@ -63,6 +63,7 @@ async fn echo_exits_zero_with_its_output_and_says_what_confined_it() {
         "rlimit_fsize",
         "rlimit_nproc",
         "netns",
+        "pidns",
         "landlock_fs",
     ];
     for protection in expected {
@@ -180,6 +181,65 @@ async fn cpu_time_is_limited() {
         "{}",
         outcome.stderr_text()
     );
+    // SIGXCPU comes once the soft limit (1 s) of CPU time is used: the report counts it.
+    // Not to the millisecond: the kernel checks the limit against its precise runtime, while
+    // `getrusage` is tick-sampled on kernels built with CONFIG_TICK_CPU_ACCOUNTING (this
+    // machine's reads 0.87-1.02 s for the same second).
+    let cpu = outcome.usage.cpu_time.expect("cpu time is measured");
+    assert!(cpu >= Duration::from_millis(500), "{cpu:?}");
+}
+
+#[tokio::test]
+async fn usage_counts_the_whole_tree_cpu_and_the_peak_memory() {
+    // A grandchild burns a second of CPU (until its RLIMIT_CPU), its parent exits 0: the CPU
+    // time reported is the tree's, not the program's own (which is nearly nothing).
+    let outcome = sh(
+        "sh -c 'while :; do :; done'; exit 0",
+        Limits {
+            cpu_time: Some(Duration::from_secs(1)),
+            ..limits()
+        },
+    )
+    .await;
+    assert!(outcome.success(), "{}", outcome.stderr_text());
+    let cpu = outcome.usage.cpu_time.expect("cpu time is measured");
+    assert!(
+        cpu >= Duration::from_millis(500),
+        "{cpu:?} (see cpu_time_is_limited)"
+    );
+
+    // 100 MiB, touched: the peak resident set is at least that.
+    let outcome = sandbox()
+        .execute(
+            ExecRequest::command("/usr/bin/python3")
+                .arg("-c")
+                .arg("x = b'x' * (100 * 1024 * 1024)\nprint(len(x))")
+                .limits(limits()),
+        )
+        .await
+        .unwrap();
+    assert!(outcome.success(), "{}", outcome.stderr_text());
+    let peak = outcome
+        .usage
+        .peak_memory_bytes
+        .expect("peak memory is measured");
+    assert!(peak >= 100 << 20, "{peak}");
+    assert!(peak < 256 << 20, "within the address-space limit: {peak}");
+
+    // A run stopped by the wall clock still reports what it used.
+    let outcome = sh(
+        "while :; do :; done",
+        Limits {
+            cpu_time: None,
+            wall_time: Duration::from_millis(500),
+            ..limits()
+        },
+    )
+    .await;
+    assert_eq!(outcome.termination, Termination::Timeout);
+    if outcome.enforced.iter().any(|p| p == "pidns") {
+        assert!(outcome.usage.cpu_time.is_some_and(|cpu| !cpu.is_zero()));
+    }
 }
 
 #[tokio::test]

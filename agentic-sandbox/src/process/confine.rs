@@ -3,7 +3,7 @@
 //!
 //! Landlock confines the *calling thread* and everything it later starts. So each run is
 //! spawned from a fresh thread that confines itself first and then ends: the rules reach the
-//! whole process tree (`unshare`, `prlimit` and the guest) and never the host's own threads.
+//! whole process tree (the init and the guest) and never the host's own threads.
 //! It is best effort: on a kernel without Landlock (or with an older ABI) the run goes on
 //! with what is available, and the outcome's `enforced` list says exactly which parts held.
 

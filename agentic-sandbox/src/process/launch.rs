@@ -1,48 +1,51 @@
-//! The command line that confines a native program, built from util-linux tools.
+//! The command line that starts a native program through the run's init (`init.c`).
 //!
 //! The crate has no `unsafe` (the workspace forbids it), so it cannot run code between `fork`
-//! and `exec` the way a `pre_exec` hook would. Instead the child is started through two small,
-//! ubiquitous programs that do exactly that work and then `exec` the next stage:
+//! and `exec` the way a `pre_exec` hook would. The init, a small C program built by `build.rs`,
+//! does that work:
 //!
 //! ```text
-//! unshare --net [--user | --setuid U --setgid G] --
-//!   prlimit --cpu=S:S+1 --as=B --fsize=B --nproc=N --core=0 --
-//!     <program> <args>
+//! agentic-sandbox-init [--user] --net --pid [--require] [--uid=U --gid=G]
+//!     --cpu=S --as=B --fsize=B --nproc=N -- <program> <args>
 //! ```
 //!
-//! - `unshare` gives the program an empty network namespace (only a down loopback). As root it
-//!   also drops to an unprivileged user (root would be exempt from `RLIMIT_NPROC` and could
-//!   read root's files and write sysctls); as a normal user it first creates a user namespace,
-//!   which is what makes a network namespace possible without privileges.
-//! - `prlimit` sets the resource limits on itself and then `exec`s the program, which inherits
-//!   them.
+//! - new network and PID namespaces (as a normal user inside a new user namespace, which is
+//!   what makes them possible without privileges); the init is PID 1 of the PID namespace, so
+//!   when the run ends every process of it dies, `setsid` or not;
+//! - as root, the guest drops to an unprivileged user (root would be exempt from
+//!   `RLIMIT_NPROC` and could read root's files and write sysctls);
+//! - the rlimits are set in the guest alone, after the drop, right before `exec`.
+//!
+//! Only namespaces the probe at [`ProcessSandbox::new`](super::ProcessSandbox::new) saw work
+//! are asked for; the init's report says which held for each run.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::Limits;
 
-/// What the host found usable when the sandbox was created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Tools {
-    /// `unshare`, when it can create a network namespace at our privilege level.
-    pub(crate) unshare: Option<PathBuf>,
-    /// `prlimit`.
-    pub(crate) prlimit: Option<PathBuf>,
+/// The namespaces this kernel lets us create, as the probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Namespaces {
+    /// A network namespace.
+    pub(crate) net: bool,
+    /// A PID namespace.
+    pub(crate) pid: bool,
 }
 
-/// Who the guest runs as: dropping from root needs `unshare --setuid`.
+/// Who the guest runs as: dropping from root needs `--uid`/`--gid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Identity {
     /// We are root and the guest runs as this unprivileged user and group.
     Drop { uid: u32, gid: u32 },
     /// We are root and the configuration keeps the guest root (not recommended).
     KeepRoot,
-    /// We are not root; the guest runs as us.
+    /// We are not root; the guest runs as us (namespaces need a user namespace).
     Unprivileged,
 }
 
-/// The program and arguments to spawn, and the protections they put in place.
+/// The program and arguments to spawn, and the limits they put in place (the namespaces
+/// that held come from the init's report).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Launch {
     pub(crate) program: PathBuf,
@@ -50,80 +53,70 @@ pub(crate) struct Launch {
     pub(crate) enforced: Vec<String>,
 }
 
+/// The init's options asking for `namespaces` (the probe asks for all of them).
+pub(crate) fn namespace_args(namespaces: Namespaces, identity: Identity) -> Vec<String> {
+    let mut args = Vec::new();
+    if identity == Identity::Unprivileged && (namespaces.net || namespaces.pid) {
+        args.push("--user".to_owned());
+    }
+    if namespaces.net {
+        args.push("--net".to_owned());
+    }
+    if namespaces.pid {
+        args.push("--pid".to_owned());
+    }
+    args
+}
+
 pub(crate) fn build(
-    tools: &Tools,
+    init: &Path,
+    namespaces: Namespaces,
     identity: Identity,
-    isolate_network: bool,
+    require: bool,
     limits: &Limits,
     program: &Path,
     args: &[String],
 ) -> Launch {
-    let mut argv: Vec<OsString> = Vec::new();
+    let mut argv: Vec<OsString> = namespace_args(namespaces, identity)
+        .into_iter()
+        .map(OsString::from)
+        .collect();
     let mut enforced = vec!["process_group".to_owned(), "scrubbed_env".to_owned()];
-
-    if let (Some(unshare), true) = (&tools.unshare, isolate_network) {
-        argv.push(unshare.clone().into());
-        // No `--pid --fork`: a PID namespace would make the guest PID 1, which ignores
-        // SIGXCPU, and util-linux 2.38's `unshare --fork` reports a child killed by SIGKILL as
-        // "exit 1". Without `--fork`, `unshare` execs the next stage, so the guest is our
-        // direct child and its exit status is exact.
-        argv.push("--net".into());
-        enforced.push("netns".to_owned());
-        match identity {
-            Identity::Drop { uid, gid } => {
-                argv.extend([
-                    OsString::from("--setuid"),
-                    uid.to_string().into(),
-                    "--setgid".into(),
-                    gid.to_string().into(),
-                ]);
-                enforced.push(format!("uid:{uid}"));
-            }
-            Identity::KeepRoot => {}
-            Identity::Unprivileged => {
-                argv.push("--user".into());
-                enforced.push("userns".to_owned());
-            }
-        }
-        argv.push("--".into());
+    if require {
+        argv.push("--require".into());
     }
-
-    if let Some(prlimit) = &tools.prlimit {
-        argv.push(prlimit.clone().into());
-        if let Some(cpu) = limits.cpu_time {
-            // Soft limit: SIGXCPU, which the outcome reports as CpuLimit; the hard limit one
-            // second later is SIGKILL for a program that catches SIGXCPU.
-            // RLIMIT_CPU counts whole seconds: round up, and at least one.
-            let soft = (cpu.as_secs() + u64::from(cpu.subsec_nanos() > 0)).max(1);
-            argv.push(format!("--cpu={soft}:{}", soft + 1).into());
-            enforced.push("rlimit_cpu".to_owned());
-        }
-        if let Some(bytes) = limits.memory_bytes {
-            argv.push(format!("--as={bytes}").into());
-            enforced.push("rlimit_as".to_owned());
-        }
-        if let Some(bytes) = limits.file_size_bytes {
-            argv.push(format!("--fsize={bytes}").into());
-            enforced.push("rlimit_fsize".to_owned());
-        }
-        // The kernel does not apply RLIMIT_NPROC to root, so it only counts when the guest
-        // is not root.
-        if let (Some(processes), false) = (limits.max_processes, identity == Identity::KeepRoot) {
-            argv.push(format!("--nproc={processes}").into());
-            enforced.push("rlimit_nproc".to_owned());
-        }
-        // No core files: they would be written into the working directory.
-        argv.push("--core=0".into());
-        argv.push("--".into());
+    if let Identity::Drop { uid, gid } = identity {
+        argv.push(format!("--uid={uid}").into());
+        argv.push(format!("--gid={gid}").into());
     }
-
+    if let Some(cpu) = limits.cpu_time {
+        // Soft limit: SIGXCPU, which the outcome reports as CpuLimit; the hard limit one
+        // second later is SIGKILL for a program that catches SIGXCPU.
+        // RLIMIT_CPU counts whole seconds: round up, and at least one.
+        let soft = (cpu.as_secs() + u64::from(cpu.subsec_nanos() > 0)).max(1);
+        argv.push(format!("--cpu={soft}").into());
+        enforced.push("rlimit_cpu".to_owned());
+    }
+    if let Some(bytes) = limits.memory_bytes {
+        argv.push(format!("--as={bytes}").into());
+        enforced.push("rlimit_as".to_owned());
+    }
+    if let Some(bytes) = limits.file_size_bytes {
+        argv.push(format!("--fsize={bytes}").into());
+        enforced.push("rlimit_fsize".to_owned());
+    }
+    // The kernel does not apply RLIMIT_NPROC to root, so it only counts when the guest
+    // is not root.
+    if let (Some(processes), false) = (limits.max_processes, identity == Identity::KeepRoot) {
+        argv.push(format!("--nproc={processes}").into());
+        enforced.push("rlimit_nproc".to_owned());
+    }
+    argv.push("--".into());
     argv.push(program.as_os_str().to_owned());
     argv.extend(args.iter().map(OsString::from));
-    let mut argv = argv.into_iter();
-    let first = argv.next().map(PathBuf::from).unwrap_or_default();
     Launch {
-        program: first,
-        args: argv.collect(),
+        program: init.to_path_buf(),
+        args: argv,
         enforced,
     }
 }
@@ -155,12 +148,10 @@ mod tests {
 
     use super::*;
 
-    fn tools() -> Tools {
-        Tools {
-            unshare: Some("/usr/bin/unshare".into()),
-            prlimit: Some("/usr/bin/prlimit".into()),
-        }
-    }
+    const ALL: Namespaces = Namespaces {
+        net: true,
+        pid: true,
+    };
 
     fn strings(launch: &Launch) -> Vec<String> {
         std::iter::once(launch.program.to_string_lossy().into_owned())
@@ -171,14 +162,15 @@ mod tests {
     #[test]
     fn root_drops_to_the_configured_user_inside_new_namespaces() {
         let limits = Limits {
-            cpu_time: Some(Duration::from_secs(3)),
+            cpu_time: Some(Duration::from_millis(2500)),
             memory_bytes: Some(1 << 30),
             file_size_bytes: Some(1 << 20),
             max_processes: Some(16),
             ..Limits::default()
         };
         let launch = build(
-            &tools(),
+            Path::new("/run/init"),
+            ALL,
             Identity::Drop {
                 uid: 65534,
                 gid: 65534,
@@ -191,32 +183,23 @@ mod tests {
         assert_eq!(
             strings(&launch),
             [
-                "/usr/bin/unshare",
+                "/run/init",
                 "--net",
-                "--setuid",
-                "65534",
-                "--setgid",
-                "65534",
-                "--",
-                "/usr/bin/prlimit",
-                "--cpu=3:4",
+                "--pid",
+                "--require",
+                "--uid=65534",
+                "--gid=65534",
+                "--cpu=3",
                 "--as=1073741824",
                 "--fsize=1048576",
                 "--nproc=16",
-                "--core=0",
                 "--",
                 "/usr/bin/python3",
                 "-c",
                 "print(1)",
             ]
         );
-        for p in [
-            "netns",
-            "uid:65534",
-            "rlimit_cpu",
-            "rlimit_as",
-            "rlimit_nproc",
-        ] {
+        for p in ["rlimit_cpu", "rlimit_as", "rlimit_fsize", "rlimit_nproc"] {
             assert!(launch.enforced.iter().any(|e| e == p), "{p}");
         }
     }
@@ -224,41 +207,47 @@ mod tests {
     #[test]
     fn a_normal_user_gets_a_user_namespace_and_root_kept_gets_no_nproc() {
         let launch = build(
-            &tools(),
+            Path::new("/run/init"),
+            ALL,
             Identity::Unprivileged,
-            true,
+            false,
             &Limits::default(),
             Path::new("/bin/true"),
             &[],
         );
-        assert!(strings(&launch).contains(&"--user".to_owned()));
+        assert_eq!(strings(&launch)[1..4], ["--user", "--net", "--pid"]);
         let launch = build(
-            &tools(),
+            Path::new("/run/init"),
+            ALL,
             Identity::KeepRoot,
-            true,
+            false,
             &Limits::default(),
             Path::new("/bin/true"),
             &[],
         );
         assert!(!strings(&launch).iter().any(|a| a.starts_with("--nproc")));
+        assert!(!strings(&launch).iter().any(|a| a.starts_with("--uid")));
         assert!(!launch.enforced.iter().any(|e| e == "rlimit_nproc"));
     }
 
     #[test]
-    fn missing_tools_are_not_claimed() {
-        let none = Tools {
-            unshare: None,
-            prlimit: None,
-        };
+    fn namespaces_that_do_not_work_are_not_asked_for() {
         let launch = build(
-            &none,
+            Path::new("/run/init"),
+            Namespaces::default(),
             Identity::Unprivileged,
-            true,
-            &Limits::default(),
+            false,
+            &Limits {
+                cpu_time: None,
+                memory_bytes: None,
+                file_size_bytes: None,
+                max_processes: None,
+                ..Limits::default()
+            },
             Path::new("/bin/true"),
             &["x".into()],
         );
-        assert_eq!(strings(&launch), ["/bin/true", "x"]);
+        assert_eq!(strings(&launch), ["/run/init", "--", "/bin/true", "x"]);
         assert_eq!(launch.enforced, ["process_group", "scrubbed_env"]);
     }
 

@@ -1,33 +1,67 @@
 //! [`ProcessSandbox`]: native commands (`cargo test`, `python3 -m pytest`, a compiler) under
-//! Linux resource limits, a network namespace and Landlock. No container engine.
+//! Linux resource limits, network and PID namespaces and Landlock. No container engine.
+//!
+//! # How a command is started
+//!
+//! The crate forbids `unsafe`, so it cannot run code between `fork` and `exec`. A small C
+//! program does that work: the run's *init* (`init.c`, built by `build.rs`, embedded in the
+//! library, installed at [`ProcessSandbox::new`] into [`ProcessSandboxConfig::init_dir`]). It
+//! is spawned in its own process group from a thread that first confined itself with Landlock;
+//! it creates the namespaces, forks PID 1 of the new PID namespace, which forks the guest; the
+//! guest drops root, sets its rlimits and `exec`s the program. PID 1 `wait`s for the program
+//! (its exact exit status, not a wrapper's), reaps every orphan meanwhile, and when the program
+//! exits or the host says stop (timeout, output limit) kills every process of the namespace,
+//! reaps them, and reports the status and the tree's resource usage back over a socket only it
+//! holds.
 //!
 //! # What confines a command
 //!
 //! | Resource | Mechanism | Outcome when hit | `enforced` entry |
 //! |---|---|---|---|
-//! | CPU time | `RLIMIT_CPU` from [`Limits::cpu_time`] (per process) | [`Termination::CpuLimit`] | `rlimit_cpu` |
-//! | Memory | `RLIMIT_AS` from [`Limits::memory_bytes`] (address space, per process) | allocations fail; [`Termination::OutOfMemory`] when the program then fails saying so | `rlimit_as` |
+//! | CPU time | `RLIMIT_CPU` from [`Limits::cpu_time`] (per process) | [`Termination::CpuLimit`] (`SIGXCPU`) | `rlimit_cpu` |
+//! | Memory | `RLIMIT_AS` from [`Limits::memory_bytes`] (address space, per process) | allocations fail; [`Termination::OutOfMemory`] when the failure is attributed to memory (below) | `rlimit_as` |
 //! | File size | `RLIMIT_FSIZE` from [`Limits::file_size_bytes`] | [`Termination::Trap`] (`SIGXFSZ`) | `rlimit_fsize` |
 //! | Processes | `RLIMIT_NPROC` from [`Limits::max_processes`] (per user; not for root, hence the drop below) | `fork` fails in the guest | `rlimit_nproc` |
-//! | Wall-clock time | a host timer; the whole process group is killed | [`Termination::Timeout`] | `process_group` |
-//! | Output | stdout and stderr each kept up to [`Limits::output_bytes`]; past it the group is killed | [`Termination::OutputLimit`] | — |
-//! | Network | a new, empty network namespace (`unshare --net`, in a user namespace when not root) | connections fail | `netns`, `userns` |
+//! | Wall-clock time | a host timer; the init kills the whole PID namespace, then the host the process group | [`Termination::Timeout`] | `pidns`, `process_group` |
+//! | Output | stdout and stderr each kept up to [`Limits::output_bytes`]; past it, as for the wall clock | [`Termination::OutputLimit`] | — |
+//! | Leftovers | when the program exits, every process it started is killed, `setsid` or not (PID namespace); without one, its process group | — | `pidns`, `process_group` |
+//! | Network | a new, empty network namespace (in a user namespace when not root) | connections fail | `netns`, `userns` |
 //! | Privileges | as root, the guest runs as an unprivileged user ([`ProcessSandboxConfig::run_as`]) | — | `uid:<n>` |
-//! | Files | Landlock: read/execute only [`ProcessSandboxConfig::read_paths`] and the program; write only the working directory and a read-write [`Mount`] | `EACCES` in the guest | `landlock_fs` |
+//! | Files | Landlock: read/execute only [`ProcessSandboxConfig::read_paths`], the program and the init; write only the working directory and a read-write [`Mount`] | `EACCES` in the guest | `landlock_fs` |
 //! | TCP, signals | Landlock (ABI 4 and 6): no TCP bind/connect; no signals or abstract sockets outside the sandbox | `EACCES`/`EPERM` | `landlock_net`, `landlock_scope` |
 //! | Environment | exactly [`ExecRequest::env`], plus `PATH`, `HOME` and `TMPDIR` when it does not set them | — | `scrubbed_env` |
 //!
 //! Isolation is best effort where the kernel decides: each outcome's
 //! [`ExecOutcome::enforced`] lists what actually held for that run, and
-//! [`ProcessSandboxConfig::require_isolation`] turns a missing namespace or Landlock into an
-//! error instead. The mount is seen at its host path (there is no mount namespace), so
-//! [`Mount::guest_path`] is ignored; the working directory defaults to the mount, or to a
-//! fresh empty directory that is removed afterwards.
+//! [`ProcessSandboxConfig::require_isolation`] turns a missing namespace (network or PID) or
+//! Landlock into an error instead. The mount is seen at its host path (there is no mount
+//! namespace), so [`Mount::guest_path`] is ignored; the working directory defaults to the
+//! mount, or to a fresh empty directory that is removed afterwards. Stdin reaches the guest as
+//! a sealed in-memory file (a `memfd`), not a pipe: reads behave the same, and it can seek.
 //!
-//! Known limits: a guest process that leaves the process group (`setsid`) survives the
-//! group kill, though it stays inside the namespace, the rlimits and Landlock; CPU time and
-//! memory are limited per process, not per tree (a cgroup would be needed for that, and would
-//! need privileges these machines' users do not have).
+//! # What the outcome measures
+//!
+//! - The [`Termination`] comes from the program's own wait status: exact.
+//! - [`ResourceUsage::cpu_time`](crate::ResourceUsage::cpu_time): user + system time of
+//!   every process of the run (`getrusage(RUSAGE_CHILDREN)` of the init once all are reaped;
+//!   tick-sampled on most kernels, so a few percent off). `peak_memory_bytes`: the largest
+//!   peak resident set of any single process of the run (`ru_maxrss`), not their sum. Both are
+//!   `None` when the init could not report (killed from outside after the grace period).
+//! - [`Termination::OutOfMemory`] is inferred, since the kernel does not report hitting
+//!   `RLIMIT_AS` (allocations just fail with `ENOMEM`). A run that failed (non-zero exit or a
+//!   signal) is out of memory when: it was killed by `SIGKILL` (or exited 137, a shell
+//!   reporting that) which the sandbox did not send while the kernel's OOM-kill counter
+//!   (`/proc/vmstat`) rose; or some process of it had a peak resident set of at least 90 % of
+//!   the address-space limit; or its stderr says so in a common runtime's words (CPython
+//!   `MemoryError`, `Cannot allocate memory`, Rust `memory allocation of`, `std::bad_alloc`,
+//!   V8, Java).
+//!
+//! Known limits: CPU time and memory are limited per process, not per tree (a cgroup would be
+//! needed for that, and would need privileges these machines' users do not have). Without a
+//! PID namespace (`pidns` missing from `enforced`: user namespaces disabled, or seccomp), a
+//! guest process that leaves the process group (`setsid`) survives the run, though inside the
+//! network namespace, the rlimits and Landlock; and usage then covers only processes reaped
+//! before the program ended.
 //!
 //! [`Limits::cpu_time`]: crate::Limits::cpu_time
 //! [`Limits::memory_bytes`]: crate::Limits::memory_bytes
@@ -36,6 +70,7 @@
 //! [`Limits::output_bytes`]: crate::Limits::output_bytes
 
 mod confine;
+mod init;
 mod launch;
 
 use std::os::unix::process::ExitStatusExt;
@@ -48,18 +83,25 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use self::confine::Rules;
-use self::launch::{Identity, Tools};
+use self::init::{Report, Usage};
+use self::launch::{Identity, Namespaces};
 use crate::{
     ExecOutcome, ExecRequest, Mount, MountMode, Program, ResourceUsage, Sandbox,
     SandboxCapabilities, SandboxError, Termination,
 };
 
-/// Where the sandbox looks for `unshare` and `prlimit` (never the caller's `PATH`).
-const SYSTEM_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin";
-
 /// How long output may still arrive after the program exited or was killed (from processes
-/// that escaped the group and still hold the pipes) before the outcome is returned.
+/// that escaped the group and still hold the pipes, possible only without a PID namespace)
+/// before the outcome is returned.
 const DRAIN: Duration = Duration::from_millis(200);
+
+/// How long the init has, once told to stop (timeout, output limit), to kill the run's
+/// processes, reap them and report, before the whole process group is killed from outside
+/// (the report, and with it the resource usage, is then lost).
+const GRACE: Duration = Duration::from_millis(500);
+
+/// The largest report the init writes is a few lines; more is not a report.
+const MAX_REPORT: u64 = 4096;
 
 /// Settings of a [`ProcessSandbox`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +119,16 @@ pub struct ProcessSandboxConfig {
     /// When the host runs as root, run the guest as this `(uid, gid)` instead; `None` keeps
     /// root (not recommended: root ignores `RLIMIT_NPROC` and file permissions).
     pub run_as: Option<(u32, u32)>,
-    /// Fail a run (with [`SandboxError::Setup`]) rather than run it without the network
-    /// namespace or Landlock when they are enabled here but unavailable on this kernel.
+    /// Fail (with [`SandboxError::Setup`]) rather than run without the network namespace
+    /// (when [`isolate_network`](Self::isolate_network) is set), the PID namespace, or
+    /// Landlock (when [`landlock`](Self::landlock) is set) when this kernel does not offer
+    /// them.
     pub require_isolation: bool,
+    /// Where the run's init (a small executable embedded in the crate) is installed: a
+    /// directory owned by this user, writable by nobody else, on a filesystem that allows
+    /// executing files. `None`: `$XDG_RUNTIME_DIR/agentic-sandbox`, else
+    /// `<temp dir>/agentic-sandbox-<uid>`. Set it when the temporary directory is `noexec`.
+    pub init_dir: Option<PathBuf>,
 }
 
 impl Default for ProcessSandboxConfig {
@@ -112,15 +161,17 @@ impl Default for ProcessSandboxConfig {
             // nobody:nogroup on Debian and most distributions.
             run_as: Some((65534, 65534)),
             require_isolation: false,
+            init_dir: None,
         }
     }
 }
 
 /// Runs native commands confined by rlimits, namespaces and Landlock (Linux only).
 ///
-/// Cheap to clone. Requires util-linux's `unshare` and `prlimit` (present on every Debian
-/// and Ubuntu) for the namespace and the limits; without them the outcome's `enforced` list
-/// says what is missing. Must be used from a Tokio runtime with I/O and time enabled.
+/// Cheap to clone. The namespaces, the drop from root and the rlimits are applied by the run's
+/// init, a small C program built with the crate and installed at [`ProcessSandbox::new`] (see
+/// [`ProcessSandboxConfig::init_dir`]); the outcome's `enforced` list says what held for each
+/// run. Must be used from a Tokio runtime with I/O and time enabled.
 ///
 /// ```no_run
 /// use agentic_sandbox::{ExecRequest, ProcessSandbox, ProcessSandboxConfig, Sandbox};
@@ -140,18 +191,24 @@ pub struct ProcessSandbox {
 #[derive(Debug)]
 struct Inner {
     config: ProcessSandboxConfig,
-    tools: Tools,
+    /// The installed init.
+    init: PathBuf,
+    /// The namespaces the probe saw work (only those are asked for).
+    namespaces: Namespaces,
     identity: Identity,
 }
 
 impl ProcessSandbox {
-    /// Finds `unshare` and `prlimit` and checks (by running `true` through them once) that
-    /// this kernel lets us create the namespaces.
+    /// Installs the run's init (once per build of the crate) and checks, by running `true`
+    /// through it, that it can be executed and which namespaces this kernel lets us create.
     ///
     /// # Errors
     ///
-    /// [`SandboxError::Setup`] when [`ProcessSandboxConfig::require_isolation`] is set and the
-    /// network namespace cannot be created here.
+    /// [`SandboxError::Setup`] when the init cannot be installed in or executed from
+    /// [`ProcessSandboxConfig::init_dir`] (a directory others can write, a `noexec` mount),
+    /// or when [`ProcessSandboxConfig::require_isolation`] is set and the network namespace
+    /// (with [`ProcessSandboxConfig::isolate_network`]) or the PID namespace cannot be
+    /// created here.
     pub fn new(config: ProcessSandboxConfig) -> Result<Self, SandboxError> {
         let identity = if rustix::process::geteuid().is_root() {
             match config.run_as {
@@ -161,21 +218,32 @@ impl ProcessSandbox {
         } else {
             Identity::Unprivileged
         };
-        let prlimit = launch::resolve("prlimit", SYSTEM_PATH);
-        let unshare = launch::resolve("unshare", SYSTEM_PATH)
-            .filter(|unshare| config.isolate_network && namespaces_work(unshare, identity));
-        if config.isolate_network && config.require_isolation && unshare.is_none() {
-            return Err(SandboxError::Setup {
-                message: "cannot create a network namespace here (util-linux `unshare` missing, \
-                          or user namespaces disabled) and require_isolation is set"
-                    .into(),
-                source: None,
-            });
+        let dir = config.init_dir.clone().unwrap_or_else(init::default_dir);
+        let init = init::install(&dir)?;
+        let wanted = Namespaces {
+            net: config.isolate_network,
+            pid: true,
+        };
+        // The kernel may forbid namespaces (user namespaces disabled by sysctl, seccomp in a
+        // container): ask once, then ask runs only for what works.
+        let report = init::probe(&init, &launch::namespace_args(wanted, identity))?;
+        let namespaces = Namespaces {
+            net: wanted.net && report.held("netns"),
+            pid: report.held("pidns"),
+        };
+        if config.require_isolation
+            && ((config.isolate_network && !namespaces.net) || !namespaces.pid)
+        {
+            return Err(setup_msg(
+                "cannot create a network and a PID namespace here (user namespaces disabled, \
+                 or a seccomp filter) and require_isolation is set",
+            ));
         }
         Ok(ProcessSandbox {
             inner: Arc::new(Inner {
                 config,
-                tools: Tools { unshare, prlimit },
+                init,
+                namespaces,
                 identity,
             }),
         })
@@ -188,32 +256,19 @@ impl ProcessSandbox {
 
     /// True when runs get their own network namespace on this host.
     pub fn network_isolated(&self) -> bool {
-        self.inner.tools.unshare.is_some()
+        self.inner.namespaces.net
     }
-}
 
-/// Runs `true` through `unshare` as a run would: the kernel may forbid namespaces (user
-/// namespaces disabled by sysctl, seccomp in a container).
-fn namespaces_work(unshare: &Path, identity: Identity) -> bool {
-    let launch = launch::build(
-        &Tools {
-            unshare: Some(unshare.to_path_buf()),
-            prlimit: None,
-        },
-        identity,
-        true,
-        &crate::Limits::default(),
-        Path::new("/bin/true"),
-        &[],
-    );
-    std::process::Command::new(&launch.program)
-        .args(&launch.args)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
+    /// True when runs get their own PID namespace on this host: then nothing a run starts
+    /// outlives it, not even a process that left the process group (`setsid`).
+    pub fn processes_isolated(&self) -> bool {
+        self.inner.namespaces.pid
+    }
+
+    /// Where the run's init is installed.
+    pub fn init_path(&self) -> &Path {
+        &self.inner.init
+    }
 }
 
 #[async_trait]
@@ -318,22 +373,23 @@ impl Inner {
 
         let rules = self.rules(&resolved, &workdir, scratch.is_some(), mount.as_ref());
         let launched = launch::build(
-            &self.tools,
+            &self.init,
+            self.namespaces,
             self.identity,
-            self.config.isolate_network,
+            self.config.require_isolation,
             &limits,
             &resolved,
             &args,
         );
-        if self.config.require_isolation
-            && self.config.isolate_network
-            && !launched.enforced.iter().any(|e| e == "netns")
-        {
-            return Err(setup_msg(
-                "no network namespace available and require_isolation is set",
-            ));
-        }
 
+        // The control socket: the guest's stdin goes to the init through it, the request to
+        // stop goes the same way, and the init's report comes back. The guest never holds it.
+        let (control, init_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| setup("cannot create the control socket", e))?;
+        let control = control
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(control))
+            .map_err(|e| setup("cannot register the control socket", e))?;
         let mut command = tokio::process::Command::new(&launched.program);
         command
             .args(&launched.args)
@@ -343,7 +399,7 @@ impl Inner {
             // Its own process group, so the whole group can be killed at once.
             .process_group(0)
             .kill_on_drop(true)
-            .stdin(Stdio::piped())
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(init_end)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if path.is_none() {
@@ -355,6 +411,7 @@ impl Inner {
             }
         }
 
+        let oom_kills_before = oom_kills();
         let started = Instant::now();
         let (mut child, landlock) = self.spawn(command, rules).await?;
         if self.config.landlock && self.config.require_isolation && landlock.is_empty() {
@@ -368,16 +425,24 @@ impl Inner {
             .and_then(|pid| i32::try_from(pid).ok())
             .and_then(rustix::process::Pid::from_raw);
         // Should this future be dropped mid-run (the caller cancelled), the whole group is
-        // killed, not just the direct child (which `kill_on_drop` covers).
+        // killed, not just the direct child (which `kill_on_drop` covers); the init, PID 1 of
+        // the run's namespace, is in the group, and the kernel kills the rest with it.
         let mut guard = KillGroupOnDrop(group);
 
-        if let Some(mut pipe) = child.stdin.take() {
-            // A guest that never reads stdin must not block us: write from a task, and
-            // ignore a broken pipe (the guest may exit without reading).
-            tokio::spawn(async move {
-                let _ = pipe.write_all(&stdin).await;
-            });
-        }
+        let (mut report_reader, mut control_writer) = control.into_split();
+        let (stop, stop_requested) = tokio::sync::oneshot::channel::<()>();
+        // A task, so that a large stdin never blocks the wait below. The init reads all of
+        // stdin before it starts the guest; the length comes first so it knows where it ends.
+        tokio::spawn(async move {
+            let header = u64::try_from(stdin.len()).unwrap_or(u64::MAX).to_le_bytes();
+            if control_writer.write_all(&header).await.is_ok() {
+                let _ = control_writer.write_all(&stdin).await;
+            }
+            // Sent or dropped: either way the run is over for the host. Dropping the write
+            // half shuts the socket down for writing, which tells the init to stop.
+            let _ = stop_requested.await;
+            drop(control_writer);
+        });
         let stdout = Capture::new(limits.output_bytes);
         let stderr = Capture::new(limits.output_bytes);
         let overflow = Arc::new(tokio::sync::Notify::new());
@@ -403,32 +468,75 @@ impl Inner {
             },
             () = tokio::time::sleep(limits.wall_time) => Ended::TimedOut,
         };
-        // Whatever ended the run, nothing of it may outlive it: kill the whole group (the
-        // program's background children included), then reap the program.
+        // Whatever ended the run, nothing of it may outlive it. Ask the init to stop: it kills
+        // every process of the run (all of its PID namespace), reaps them, reports and exits.
+        // Give it a moment, then kill the whole group from outside in any case: that is what
+        // stops a run whose init cannot (no PID namespace here, or stuck).
+        drop(stop);
+        if !matches!(ended, Ended::Exited(_)) {
+            let _ = tokio::time::timeout(GRACE, child.wait()).await;
+        }
         guard.kill_now();
-        let status = match ended {
-            Ended::Exited(status) => Some(status),
-            Ended::TimedOut | Ended::OutputLimit => {
-                let _ = child.wait().await;
-                None
-            }
-        };
+        let _ = child.wait().await;
         let wall_time = started.elapsed();
+        let mut report = Vec::new();
+        let _ = tokio::time::timeout(
+            DRAIN,
+            (&mut report_reader)
+                .take(MAX_REPORT)
+                .read_to_end(&mut report),
+        )
+        .await;
+        let report = Report::parse(&report);
         for reader in readers.into_iter().flatten() {
-            // Stragglers that left the group may still hold the pipes open; do not wait for
-            // them longer than the drain allowance.
+            // Stragglers that left the group may still hold the pipes open (only without a
+            // PID namespace); do not wait for them longer than the drain allowance.
             let _ = tokio::time::timeout(DRAIN, reader).await;
         }
         drop(scratch);
 
+        if let Some(Report {
+            error: Some((stage, errno)),
+            ..
+        }) = &report
+        {
+            return Err(SandboxError::Setup {
+                message: format!("the sandbox's init could not set up the run ({stage})"),
+                source: Some(Box::new(std::io::Error::from_raw_os_error(*errno))),
+            });
+        }
         let (stdout, stdout_truncated) = stdout.take();
         let (stderr, stderr_truncated) = stderr.take();
-        let termination = match ended {
-            Ended::TimedOut => Termination::Timeout,
-            Ended::OutputLimit => Termination::OutputLimit,
-            Ended::Exited(_) => classify(status, &stderr),
+        let usage = report.as_ref().and_then(|r| r.usage);
+        let termination = match (&ended, report.as_ref().and_then(|r| r.status)) {
+            (Ended::TimedOut, _) => Termination::Timeout,
+            (Ended::OutputLimit, _) => Termination::OutputLimit,
+            (Ended::Exited(_), Some(status)) => {
+                let status = ExitStatus::from_raw(status);
+                let sigkill =
+                    status.signal() == Some(libc_signal::SIGKILL) || status.code() == Some(137);
+                classify(&Evidence {
+                    status,
+                    stderr: &stderr,
+                    usage,
+                    memory_limit: limits.memory_bytes,
+                    oom_kills: if sigkill {
+                        oom_kills_before
+                            .zip(oom_kills())
+                            .map(|(before, after)| after.saturating_sub(before))
+                    } else {
+                        None
+                    },
+                })
+            }
+            (Ended::Exited(init), None) => Termination::Trap {
+                message: format!("the sandbox's init ended without a report ({init})"),
+            },
         };
         let mut enforced = launched.enforced;
+        if let Some(report) = &report {
+            enforced.extend(report.held.iter().filter(|h| *h != "subreaper").cloned());
+        }
         enforced.extend(landlock);
         Ok(ExecOutcome {
             termination,
@@ -439,8 +547,8 @@ impl Inner {
             usage: ResourceUsage {
                 fuel_used: None,
                 wall_time,
-                cpu_time: None,
-                peak_memory_bytes: None,
+                cpu_time: usage.map(|u| u.cpu_time),
+                peak_memory_bytes: usage.map(|u| u.peak_rss_bytes),
             },
             enforced,
         })
@@ -453,8 +561,7 @@ impl Inner {
             write: vec![PathBuf::from("/dev/null")],
         };
         rules.read.push(program.to_path_buf());
-        rules.read.extend(self.tools.unshare.iter().cloned());
-        rules.read.extend(self.tools.prlimit.iter().cloned());
+        rules.read.push(self.init.clone());
         match mount {
             Some(Mount {
                 host_path,
@@ -495,6 +602,11 @@ impl Inner {
                     } else {
                         Vec::new()
                     };
+                    // The caller gave up while this thread was starting (a loaded machine):
+                    // start nothing.
+                    if tx.is_closed() {
+                        return Err(setup_msg("the run was cancelled before it started"));
+                    }
                     // The child's pipes and reaping belong to the caller's runtime.
                     let _runtime = handle.enter();
                     let child = command.spawn().map_err(|e| {
@@ -509,7 +621,15 @@ impl Inner {
                     })?;
                     Ok((child, enforced))
                 })();
-                let _ = tx.send(result);
+                if let Err(Ok((child, _))) = tx.send(result) {
+                    // Cancelled just now: the child goes with its group (and the init's PID
+                    // namespace with it), not only the direct child `kill_on_drop` would kill.
+                    let group = child
+                        .id()
+                        .and_then(|pid| i32::try_from(pid).ok())
+                        .and_then(rustix::process::Pid::from_raw);
+                    drop(KillGroupOnDrop(group));
+                }
             })
             .map_err(|e| setup("cannot start the spawning thread", e))?;
         rx.await
@@ -538,35 +658,82 @@ impl Drop for KillGroupOnDrop {
     }
 }
 
-/// Why the program ended, from its exit status and what it said.
-fn classify(status: Option<ExitStatus>, stderr: &[u8]) -> Termination {
-    let Some(status) = status else {
-        return Termination::Timeout;
-    };
-    if let Some(code) = status.code() {
-        if code != 0 && says_out_of_memory(stderr) {
-            return Termination::OutOfMemory;
-        }
-        return Termination::Exited { code };
+/// What the classification of a run that ended by itself looks at.
+struct Evidence<'a> {
+    /// The program's own wait status, from the init.
+    status: ExitStatus,
+    /// What it wrote on stderr (as kept).
+    stderr: &'a [u8],
+    /// What the run used.
+    usage: Option<Usage>,
+    /// The address-space limit of each process.
+    memory_limit: Option<u64>,
+    /// Processes the kernel's OOM killer killed, anywhere on this host, during the run; read
+    /// only when the program was killed by `SIGKILL`.
+    oom_kills: Option<u64>,
+}
+
+/// Why the program ended. The status is exact (the init `wait`s for the program itself);
+/// only [`Termination::OutOfMemory`] is an inference, see [`out_of_memory`].
+fn classify(evidence: &Evidence<'_>) -> Termination {
+    let status = evidence.status;
+    if status.success() {
+        return Termination::Exited { code: 0 };
     }
-    match status.signal() {
-        Some(signal) if signal == libc_signal::SIGXCPU => Termination::CpuLimit,
-        Some(signal) if says_out_of_memory(stderr) => {
-            let _ = signal;
-            Termination::OutOfMemory
-        }
-        Some(signal) => Termination::Trap {
+    if status.signal() == Some(libc_signal::SIGXCPU) {
+        return Termination::CpuLimit;
+    }
+    if out_of_memory(evidence) {
+        return Termination::OutOfMemory;
+    }
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Termination::Exited { code },
+        (None, Some(signal)) => Termination::Trap {
             message: format!("killed by signal {signal} ({})", libc_signal::name(signal)),
         },
-        None => Termination::Trap {
+        (None, None) => Termination::Trap {
             message: format!("ended with status {status}"),
         },
     }
 }
 
+/// True when a failed run most likely failed for lack of memory. The kernel does not say so
+/// directly (hitting `RLIMIT_AS` just makes `mmap`/`brk` fail with `ENOMEM`), so this infers
+/// it from three pieces of evidence, any of which suffices:
+///
+/// 1. the program was killed by `SIGKILL`, or exited with 137 (a shell reporting a child
+///    killed by `SIGKILL`), which the sandbox did not send (it had not stopped the run), while
+///    the kernel's OOM-kill counter (`oom_kill` in `/proc/vmstat`) went up;
+/// 2. some process of the run had a peak resident set of at least 90 % of the address-space
+///    limit: it had used nearly all the memory it was allowed;
+/// 3. its stderr says so, in the words of a common runtime (see [`says_out_of_memory`]).
+fn out_of_memory(evidence: &Evidence<'_>) -> bool {
+    let status = evidence.status;
+    let sigkill = status.signal() == Some(libc_signal::SIGKILL) || status.code() == Some(137);
+    if sigkill && evidence.oom_kills.is_some_and(|kills| kills > 0) {
+        return true;
+    }
+    if let (Some(limit), Some(usage)) = (evidence.memory_limit, evidence.usage)
+        && usage.peak_rss_bytes >= limit / 10 * 9
+    {
+        return true;
+    }
+    says_out_of_memory(evidence.stderr)
+}
+
+/// The kernel's count of processes killed by the OOM killer since boot (`None` where
+/// `/proc/vmstat` cannot be read).
+fn oom_kills() -> Option<u64> {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").ok()?;
+    vmstat
+        .lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 /// `RLIMIT_AS` makes allocations fail; programs then die in their own words. This recognises
-/// the common ones (CPython, glibc/strerror, Rust's allocator, C++, Node/V8, Go, Java). It is a
-/// heuristic, applied only to runs that failed.
+/// the common ones (CPython, glibc's `strerror(ENOMEM)`, Rust's allocator, C++, Node/V8, Go,
+/// Java). It is a heuristic, applied only to runs that failed.
 fn says_out_of_memory(stderr: &[u8]) -> bool {
     let text = String::from_utf8_lossy(stderr).to_ascii_lowercase();
     [
@@ -585,6 +752,7 @@ fn says_out_of_memory(stderr: &[u8]) -> bool {
 /// The few signal numbers the classification needs (Linux, all architectures we build for).
 mod libc_signal {
     pub(super) const SIGXCPU: i32 = rustix::process::Signal::XCPU.as_raw();
+    pub(super) const SIGKILL: i32 = rustix::process::Signal::KILL.as_raw();
 
     pub(super) fn name(signal: i32) -> &'static str {
         match signal {
@@ -699,36 +867,98 @@ mod tests {
 
     use super::*;
 
+    fn evidence(status: i32, stderr: &[u8]) -> Evidence<'_> {
+        Evidence {
+            status: ExitStatus::from_raw(status),
+            stderr,
+            usage: Some(Usage {
+                cpu_time: Duration::from_millis(5),
+                peak_rss_bytes: 10 << 20,
+            }),
+            memory_limit: Some(256 << 20),
+            oom_kills: None,
+        }
+    }
+
     #[test]
     fn statuses_are_classified() {
-        let exited = |code: i32| Some(ExitStatus::from_raw(code << 8));
-        let signalled = |signal: i32| Some(ExitStatus::from_raw(signal));
-        assert_eq!(classify(exited(0), b""), Termination::Exited { code: 0 });
+        let exited = |code: i32| code << 8;
+        let classify_raw = |status: i32, stderr: &[u8]| classify(&evidence(status, stderr));
         assert_eq!(
-            classify(exited(2), b"usage"),
+            classify_raw(exited(0), b""),
+            Termination::Exited { code: 0 }
+        );
+        assert_eq!(
+            classify_raw(exited(2), b"usage"),
             Termination::Exited { code: 2 }
         );
         assert_eq!(
-            classify(exited(1), b"Traceback...\nMemoryError\n"),
+            classify_raw(exited(1), b"Traceback...\nMemoryError\n"),
             Termination::OutOfMemory
         );
         assert_eq!(
-            classify(exited(0), b"MemoryError handled"),
+            classify_raw(exited(0), b"MemoryError handled"),
             Termination::Exited { code: 0 },
             "a success is a success, whatever it printed"
         );
-        assert_eq!(classify(signalled(24), b""), Termination::CpuLimit);
+        assert_eq!(classify_raw(24, b""), Termination::CpuLimit);
         assert_eq!(
-            classify(signalled(6), b"memory allocation of 1024 bytes failed\n"),
+            classify_raw(6, b"memory allocation of 1024 bytes failed\n"),
             Termination::OutOfMemory
         );
         assert_eq!(
-            classify(signalled(11), b""),
+            classify_raw(11, b""),
             Termination::Trap {
                 message: "killed by signal 11 (SIGSEGV)".into()
             }
         );
-        assert_eq!(classify(None, b""), Termination::Timeout);
+        assert_eq!(
+            classify_raw(9, b""),
+            Termination::Trap {
+                message: "killed by signal 9 (SIGKILL)".into()
+            },
+            "a SIGKILL with no OOM kill on the host is just a signal"
+        );
+    }
+
+    #[test]
+    fn out_of_memory_is_inferred_from_the_oom_killer_and_from_peak_memory() {
+        let oom_killed = |status: i32| Evidence {
+            oom_kills: Some(1),
+            ..evidence(status, b"")
+        };
+        assert_eq!(classify(&oom_killed(9)), Termination::OutOfMemory);
+        assert_eq!(classify(&oom_killed(137 << 8)), Termination::OutOfMemory);
+        // The OOM killer struck somewhere, but this program died otherwise.
+        assert_eq!(
+            classify(&oom_killed(11)).clone(),
+            classify(&evidence(11, b""))
+        );
+        assert_eq!(
+            classify(&oom_killed(1 << 8)),
+            Termination::Exited { code: 1 }
+        );
+
+        let near_the_limit = |status: i32, rss: u64| Evidence {
+            usage: Some(Usage {
+                cpu_time: Duration::ZERO,
+                peak_rss_bytes: rss,
+            }),
+            ..evidence(status, b"")
+        };
+        assert_eq!(
+            classify(&near_the_limit(1 << 8, 250 << 20)),
+            Termination::OutOfMemory
+        );
+        assert_eq!(
+            classify(&near_the_limit(1 << 8, 100 << 20)),
+            Termination::Exited { code: 1 }
+        );
+        assert_eq!(
+            classify(&near_the_limit(0, 250 << 20)),
+            Termination::Exited { code: 0 },
+            "using the memory is not failing for lack of it"
+        );
     }
 
     #[test]
