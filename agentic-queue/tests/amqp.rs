@@ -33,7 +33,6 @@ fn test_config(url: String) -> AmqpQueueConfig {
         .connection_name("agentic-queue-test");
     // Backstops in case a test process is killed before it deletes its queues.
     config.queue_expires = Some(Duration::from_secs(600));
-    config.dedupe_window = Duration::from_secs(60);
     config
 }
 
@@ -146,8 +145,18 @@ async fn connect(config: AmqpQueueConfig) -> AmqpQueue {
 
 async fn shared_queue() -> Option<Cleanup> {
     let url = amqp_url()?;
+    shared_queue_with(test_config(url)).await
+}
+
+/// The same with dedupe by idempotency key on (it is off by default).
+async fn shared_queue_with_dedupe() -> Option<Cleanup> {
+    let url = amqp_url()?;
+    shared_queue_with(test_config(url).dedupe(Duration::from_secs(60))).await
+}
+
+async fn shared_queue_with(config: AmqpQueueConfig) -> Option<Cleanup> {
     let guard = broker_settings_unchanged().await;
-    let mut queue = Cleanup::new(connect(test_config(url)).await);
+    let mut queue = Cleanup::new(connect(config).await);
     queue._settings = Some(guard);
     Some(queue)
 }
@@ -162,8 +171,18 @@ async fn broker_settings_unchanged() -> tokio::sync::OwnedRwLockReadGuard<()> {
     BROKER_SETTINGS.clone().read_owned().await
 }
 
+/// The default configuration: idempotency keys do not dedupe (`idempotent_enqueue`
+/// prints its skip).
 mod conformance {
     agentic_queue::queue_conformance_suite!(make = super::shared_queue(), prefix = "amqp");
+}
+
+/// With `AmqpQueueConfig::dedupe` on: the whole suite again, `idempotent_enqueue` runs.
+mod conformance_dedupe {
+    agentic_queue::queue_conformance_suite!(
+        make = super::shared_queue_with_dedupe(),
+        prefix = "amqp-dedupe"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -380,6 +399,8 @@ async fn connections_closed_by_the_broker_while_publishing_lose_no_job() {
     println!("closed the publishing connection {closed} time(s)");
     assert!(closed >= 1, "the broker closed the publishing connection");
 
+    // The last close may still be under way when the producer is done: a delivery that
+    // came on the closing connection cannot be acked (`LeaseLost`) and comes back.
     let mut seen = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while seen.len() < N && tokio::time::Instant::now() < deadline {
@@ -393,8 +414,13 @@ async fn connections_closed_by_the_broker_while_publishing_lose_no_job() {
             .await
             .unwrap()
         {
-            queue.ack(&d.lease).await.unwrap();
-            seen.insert(payload_number(&d));
+            match queue.ack(&d.lease).await {
+                Ok(()) => {
+                    seen.insert(payload_number(&d));
+                }
+                Err(QueueError::LeaseLost { .. }) => {}
+                Err(e) => panic!("ack failed: {e}"),
+            }
         }
     }
     assert_eq!(seen.len(), N, "every confirmed job is in the queue");
@@ -605,6 +631,12 @@ async fn an_unreachable_broker_is_an_error_not_a_hang() {
     );
 }
 
+/// The lease the consumer-timeout tests keep extending (every 500 ms or so). Each
+/// heartbeat of a lease past the broker's timeout publishes a copy (the first one also
+/// declares a quorum queue); on a loaded 2-core machine one took over 1.5 s, so a 2 s
+/// lease ran out between two heartbeats. Five leave room for that.
+const HEARTBEAT_LEASE: Duration = Duration::from_secs(5);
+
 /// Sets one of the broker's `rabbit` application settings at run time and restores it
 /// on drop, even when the test fails.
 ///
@@ -723,7 +755,7 @@ async fn a_task_longer_than_the_consumer_timeout_keeps_its_lease_with_heartbeats
     let _control_consumer = hold_one_delivery(&control_channel).await;
 
     // The task runs for three times the broker's timeout, heartbeating every 500 ms with
-    // a 2 s lease; another worker watches the queue all along.
+    // a 5 s lease; another worker watches the queue all along.
     let started = tokio::time::Instant::now();
     let mut lease = got[0].lease.clone();
     let mut dying = got[1].lease.clone();
@@ -746,14 +778,8 @@ async fn a_task_longer_than_the_consumer_timeout_keeps_its_lease_with_heartbeats
                 .map(|d| (d.payload.clone(), d.attempt, d.last_error.clone()))
                 .collect::<Vec<_>>()
         );
-        lease = worker
-            .extend_lease(&lease, Duration::from_secs(2))
-            .await
-            .unwrap();
-        dying = worker
-            .extend_lease(&dying, Duration::from_secs(2))
-            .await
-            .unwrap();
+        lease = worker.extend_lease(&lease, HEARTBEAT_LEASE).await.unwrap();
+        dying = worker.extend_lease(&dying, HEARTBEAT_LEASE).await.unwrap();
     }
     assert!(
         !control_channel.status().connected(),
@@ -766,7 +792,7 @@ async fn a_task_longer_than_the_consumer_timeout_keeps_its_lease_with_heartbeats
     let stopped = tokio::time::Instant::now();
     let back = loop {
         assert!(
-            stopped.elapsed() < Duration::from_secs(10),
+            stopped.elapsed() < Duration::from_secs(20),
             "the job of the dead worker never came back"
         );
         let mut got = other
@@ -869,10 +895,7 @@ async fn a_buffered_delivery_outlives_the_consumer_timeout_without_losing_an_att
     let mut lease = long.lease.clone();
     while started.elapsed() < TIMEOUT * 3 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        lease = worker
-            .extend_lease(&lease, Duration::from_secs(2))
-            .await
-            .unwrap();
+        lease = worker.extend_lease(&lease, HEARTBEAT_LEASE).await.unwrap();
     }
     assert!(
         !control_channel.status().connected(),
@@ -898,4 +921,117 @@ async fn a_buffered_delivery_outlives_the_consumer_timeout_without_losing_an_att
     assert!(worker.dead_letters(&name, 10).await.unwrap().is_empty());
     assert_empty(&worker, &name).await;
     let _ = control.close(200, "done".into()).await;
+}
+
+/// The prefetch of every consumer of the work queue `work`, as the broker reports it.
+fn consumer_prefetches(work: &str) -> Vec<u32> {
+    let listed = rabbitmqctl(&[
+        "list_consumers",
+        "-q",
+        "--no-table-headers",
+        "queue_name",
+        "prefetch_count",
+    ]);
+    listed
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .filter(|(queue, _)| queue.trim() == work)
+        .map(|(_, prefetch)| prefetch.trim().parse().unwrap())
+        .collect()
+}
+
+/// Without a configured prefetch, the consumer's `basic.qos` is what the process asks
+/// for and holds: a worker asks `dequeue` for its free concurrency, so its prefetch is
+/// its concurrency. When a second worker on the same queue joins, the consumer is
+/// restarted with the larger prefetch, and the leases taken before keep their
+/// deliveries (acked fine, never delivered again). A configured prefetch wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_follows_the_concurrency_asked_for() {
+    let Some(url) = amqp_url() else { return };
+    let _settings = broker_settings_unchanged().await;
+    let name = unique("prefetch");
+    let work = format!("agentic-test.{name}");
+    let queue = private_queue(&url, &format!("agentic-test-{name}")).await;
+    let jobs: Vec<NewJob> = (0..10)
+        .map(|i| NewJob::new(i.to_string().into_bytes()))
+        .collect();
+    queue.enqueue_batch(&name, jobs).await.unwrap();
+
+    // A worker with 3 free slots.
+    let lease = Duration::from_secs(60);
+    let first = queue
+        .dequeue(&name, 3, lease, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(consumer_prefetches(&work), vec![3]);
+    // Nothing waits in this process beyond what its workers took: the other 7 stay on
+    // the broker for other processes.
+    let stats = queue.stats(&name).await.unwrap();
+    assert_eq!((stats.ready, stats.leased), (7, 3), "{stats:?}");
+
+    // A second worker on the queue (4 slots) while the first holds its 3 jobs: 7 asked
+    // for and held, so the consumer now prefetches 7 (one consumer, not two).
+    let second = queue
+        .dequeue(&name, 4, lease, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 4);
+    assert_eq!(consumer_prefetches(&work), vec![7]);
+
+    // The restart kept the first leases: they ack, and all seven were first attempts.
+    for d in first.iter().chain(&second) {
+        assert_eq!(d.attempt, 1);
+        queue.ack(&d.lease).await.unwrap();
+    }
+    let rest = queue
+        .dequeue(&name, 7, lease, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let mut seen: HashSet<usize> = first.iter().chain(&second).map(payload_number).collect();
+    for d in &rest {
+        assert_eq!(d.attempt, 1, "no job was delivered twice");
+        assert!(seen.insert(payload_number(d)), "no job was delivered twice");
+        queue.ack(&d.lease).await.unwrap();
+    }
+    assert_eq!(seen.len(), 10);
+    assert_eq!(consumer_prefetches(&work), vec![7], "never lowered");
+    assert_empty(&queue, &name).await;
+
+    // Configured: the prefetch stays what was set, whatever is asked for.
+    let fixed_name = unique("prefetch-fixed");
+    let fixed_work = format!("agentic-test.{fixed_name}");
+    let fixed = Cleanup::new(
+        connect(
+            test_config(url.clone())
+                .connection_name(format!("agentic-test-{fixed_name}"))
+                .prefetch(2),
+        )
+        .await,
+    );
+    fixed
+        .enqueue_batch(
+            &fixed_name,
+            (0..3)
+                .map(|i| NewJob::new(i.to_string().into_bytes()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let got = fixed
+        .dequeue(&fixed_name, 10, lease, Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2, "at most the prefetch is unacked");
+    assert_eq!(consumer_prefetches(&fixed_work), vec![2]);
+    for d in &got {
+        fixed.ack(&d.lease).await.unwrap();
+    }
+    let last = fixed
+        .dequeue(&fixed_name, 10, lease, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 1);
+    fixed.ack(&last[0].lease).await.unwrap();
+    assert_empty(&fixed, &fixed_name).await;
 }

@@ -166,7 +166,9 @@ impl Inner {
     pub(super) async fn claim(&self, lease: &Lease) -> Result<(Arc<QueueState>, Held), QueueError> {
         let state = self.state(&lease.queue)?;
         let key = (lease.job_id.clone(), lease.token);
-        let held = lock(&state.leases).remove(&key);
+        // A lease being moved (parked, or its parked copy renewed) is waited for, not
+        // taken for gone: an ack racing a heartbeat must not be refused.
+        let held = state.settled(&key, |leases| leases.remove(&key)).await;
         let Some(held) = held else {
             return Err(lease_lost(lease));
         };
@@ -224,6 +226,7 @@ impl Inner {
                 // One pass, no key copies: this runs every `reap_interval` over every lease
                 // of a busy worker.
                 let mut leases = lock(&state.leases);
+                let mut moving = lock(&state.moving);
                 let mut expired = Vec::new();
                 let mut to_park = Vec::new();
                 for (key, held) in leases.extract_if(|_, h| {
@@ -232,6 +235,9 @@ impl Inner {
                     if held.expires_at <= now || !held.usable() {
                         expired.push(held);
                     } else {
+                        // Marked while the table is locked, so no operation on the lease
+                        // sees it missing.
+                        moving.insert(key.clone());
                         to_park.push((key, held));
                     }
                 }
@@ -241,11 +247,12 @@ impl Inner {
                 self.expire(&state, held).await;
             }
             for (key, held) in to_park {
+                // Each in a task of its own: one slow park (a quorum queue to declare on a
+                // busy broker) must not hold back the others' deadlines. Nobody waits for
+                // it here; operations on the lease wait for the move to end.
                 let lease_for = held.expires_at.saturating_duration_since(Instant::now());
-                let held = match self.park(&state, held, &key.0, key.1, lease_for).await {
-                    Ok(h) | Err((h, _)) => h,
-                };
-                lock(&state.leases).insert(key, held);
+                let expires_at = held.expires_at;
+                drop(self.spawn_move(&state, key, held, lease_for, expires_at));
             }
             self.hand_back_aged(&state, now + ahead).await;
         }
@@ -326,7 +333,7 @@ impl Inner {
     /// Extends a lease in place, or parks it (or renews its parked copy) when it has to
     /// outlive the delivery's deadline.
     pub(super) async fn extend(
-        &self,
+        self: &Arc<Self>,
         lease: &Lease,
         lease_for: Duration,
     ) -> Result<Lease, QueueError> {
@@ -339,12 +346,12 @@ impl Inner {
         enum Next {
             Lost,
             Extended,
+            TooLong,
             Expired(Option<Held>),
             Move(Option<Held>),
         }
-        let next = {
-            let mut leases = lock(&state.leases);
-            match leases.get_mut(&key) {
+        let next = state
+            .settled(&key, |leases| match leases.get_mut(&key) {
                 None => Next::Lost,
                 Some(h) if !h.usable() => Next::Lost,
                 Some(h) if h.expires_at > started => match &h.place {
@@ -352,11 +359,12 @@ impl Inner {
                         h.expires_at = expires_at;
                         Next::Extended
                     }
-                    _ => Next::Move(leases.remove(&key)),
+                    _ if lease_for > MAX_DELAY => Next::TooLong,
+                    _ => Next::Move(state.begin_move(leases, &key)),
                 },
                 Some(_) => Next::Expired(leases.remove(&key)),
-            }
-        };
+            })
+            .await;
         let held = match next {
             Next::Lost | Next::Move(None) => return Err(lease_lost(lease)),
             Next::Extended => {
@@ -364,6 +372,11 @@ impl Inner {
                     expires_at,
                     ..lease.clone()
                 });
+            }
+            Next::TooLong => {
+                return Err(QueueError::InvalidJob(format!(
+                    "a lease past the broker's consumer timeout is at most {MAX_DELAY:?} (a message TTL)"
+                )));
             }
             Next::Expired(held) => {
                 if let Some(held) = held {
@@ -373,39 +386,70 @@ impl Inner {
             }
             Next::Move(Some(held)) => held,
         };
-        if lease_for > MAX_DELAY {
-            lock(&state.leases).insert(key, held);
-            return Err(QueueError::InvalidJob(format!(
-                "a lease past the broker's consumer timeout is at most {MAX_DELAY:?} (a message TTL)"
-            )));
+        // Measured from before the requests, like every expiry: conservative.
+        match self
+            .spawn_move(&state, key, held, lease_for, expires_at)
+            .await
+        {
+            Ok(Ok(())) => Ok(Lease {
+                expires_at,
+                ..lease.clone()
+            }),
+            Ok(Err(Lost)) => Err(lease_lost(lease)),
+            Ok(Err(Failed(e))) => Err(e),
+            Err(e) => Err(QueueError::Backend {
+                message: format!("moving a lease did not finish: {e}"),
+                retryable: true,
+                source: None,
+            }),
         }
-        let result = match &held.place {
-            Place::Delivered { .. } => self
-                .park(&state, held, &key.0, key.1, lease_for)
-                .await
-                .map_err(|(held, e)| (Some(held), e)),
-            Place::Parked { .. } => self.renew(&state, held, lease_for).await,
-        };
-        match result {
-            Ok(mut held) => {
-                // Measured from before the requests, like every expiry: conservative.
-                held.expires_at = expires_at;
-                lock(&state.leases).insert(key, held);
-                Ok(Lease {
-                    expires_at,
-                    ..lease.clone()
-                })
-            }
-            Err((held, e)) => {
-                if let Some(held) = held {
-                    lock(&state.leases).insert(key, held);
+    }
+
+    /// Parks a delivered lease, or renews a parked one, in a task of its own, and puts
+    /// it back into the lease table when done (expiring at `expires_at`), unless it was
+    /// lost. `key` must have been marked moving ([`QueueState::begin_move`]).
+    ///
+    /// A task, not inline: a heartbeat is dropped mid-call when its agent finishes (the
+    /// worker selects between the two), and a move abandoned halfway would leave the
+    /// lease out of the table with its delivery unacked (until the broker's consumer
+    /// timeout closed the channel) or its parked copy waiting to come back as a second
+    /// run. Run to the end, the move puts the lease back and the worker's ack finds it.
+    fn spawn_move(
+        self: &Arc<Self>,
+        state: &Arc<QueueState>,
+        key: LeaseKey,
+        held: Held,
+        lease_for: Duration,
+        expires_at: Instant,
+    ) -> tokio::task::JoinHandle<Result<(), Fault>> {
+        let inner = Arc::clone(self);
+        let state = Arc::clone(state);
+        tokio::spawn(async move {
+            // Ends the move however this task ends (even aborted): waiters are released.
+            let mut done = MoveDone {
+                state: Arc::clone(&state),
+                key: Some(key.clone()),
+                held: None,
+            };
+            let result = match &held.place {
+                Place::Delivered { .. } => inner
+                    .park(&state, held, &key.0, key.1, lease_for)
+                    .await
+                    .map_err(|(held, e)| (Some(held), e)),
+                Place::Parked { .. } => inner.renew(&state, held, lease_for).await,
+            };
+            match result {
+                Ok(mut held) => {
+                    held.expires_at = expires_at;
+                    done.held = Some(held);
+                    Ok(())
                 }
-                Err(match e {
-                    Lost => lease_lost(lease),
-                    Failed(e) => e,
-                })
+                Err((held, e)) => {
+                    done.held = held;
+                    Err(e)
+                }
             }
-        }
+        })
     }
 
     /// Moves a delivered lease to its park queue (see the module docs). On failure the
@@ -576,6 +620,74 @@ impl Inner {
                 }
             }
         });
+    }
+}
+
+/// A lease's key in [`QueueState`]'s table: the job and the token of its delivery.
+pub(super) type LeaseKey = (crate::JobId, u64);
+
+impl QueueState {
+    /// Runs `f` on the lease table once no move of `key` is in progress (see
+    /// [`Inner::spawn_move`]), so that `f` sees the lease where it is, not missing.
+    pub(super) async fn settled<R>(
+        &self,
+        key: &LeaseKey,
+        mut f: impl FnMut(&mut std::collections::HashMap<LeaseKey, Held>) -> R,
+    ) -> R {
+        loop {
+            // Registered before looking, so a move that ends between the look and the
+            // wait is not missed.
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            {
+                let mut leases = lock(&self.leases);
+                if !lock(&self.moving).contains(key) {
+                    return f(&mut leases);
+                }
+            }
+            moved.await;
+        }
+    }
+
+    /// Takes a lease out of the table for a move, marked as moving (under the table's
+    /// lock, which the caller holds).
+    pub(super) fn begin_move(
+        &self,
+        leases: &mut std::collections::HashMap<LeaseKey, Held>,
+        key: &LeaseKey,
+    ) -> Option<Held> {
+        let held = leases.remove(key)?;
+        lock(&self.moving).insert(key.clone());
+        Some(held)
+    }
+
+    /// Ends a move: the lease goes back into the table (unless it was lost) and waiting
+    /// operations go on.
+    fn end_move(&self, key: LeaseKey, held: Option<Held>) {
+        {
+            let mut leases = lock(&self.leases);
+            lock(&self.moving).remove(&key);
+            if let Some(held) = held {
+                leases.insert(key, held);
+            }
+        }
+        self.moved.notify_waiters();
+    }
+}
+
+/// Ends a move when dropped (see [`QueueState::end_move`]).
+struct MoveDone {
+    state: Arc<QueueState>,
+    key: Option<LeaseKey>,
+    held: Option<Held>,
+}
+
+impl Drop for MoveDone {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.state.end_move(key, self.held.take());
+        }
     }
 }
 

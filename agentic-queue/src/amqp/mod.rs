@@ -52,7 +52,7 @@ mod link;
 mod topology;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -62,8 +62,8 @@ use futures::StreamExt;
 use lapin::Acker;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
-    QueuePurgeOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicQosOptions, QueuePurgeOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use tokio::sync::Notify;
@@ -92,22 +92,34 @@ pub struct AmqpQueueConfig {
     pub connection_name: String,
     /// Largest payload accepted.
     pub max_payload_bytes: usize,
-    /// How long an idempotency key dedupes. Each key costs one small classic queue on the
-    /// broker for this long, so keep it as short as the use allows.
+    /// Whether idempotency keys dedupe (off by default; see
+    /// [`AmqpQueueConfig::dedupe`]). RabbitMQ has no dedupe of its own, so each key
+    /// costs a small classic queue on the broker for [`AmqpQueueConfig::dedupe_window`],
+    /// and a keyed enqueue a declare and a confirmed publish more. Off, keys are
+    /// ignored: every job is new (its own id, `duplicate: false`) and
+    /// [`TaskQueue::capabilities`] reports `idempotency: false`.
+    pub dedupe: bool,
+    /// How long an idempotency key dedupes when [`AmqpQueueConfig::dedupe`] is on (10
+    /// minutes by default). The broker keeps one queue per key for this long (plus two
+    /// minutes), so keep it as short as the use allows.
     pub dedupe_window: Duration,
     /// Most deliveries unacked on this process's consumer of one queue (`basic.qos`):
     /// the leases being worked on plus those waiting in the local buffer for a
-    /// `dequeue`. Size it with [`AmqpQueueConfig::prefetch_for_concurrency`]: to the
-    /// number of jobs this process runs at a time from one queue (the sum over its
-    /// workers on that queue, e.g. an agent card's `max_concurrency`). Then the buffer
-    /// holds at most what the workers can take as their running jobs finish. A larger
-    /// prefetch keeps jobs waiting in this process that idle processes could run, and
-    /// every buffered delivery costs its job an attempt if the connection is lost.
-    /// Buffered deliveries that near the broker's consumer timeout are handed back
-    /// without costing an attempt (copy, then ack); leases parked past that timeout no
-    /// longer count against the prefetch, so a worker busy with parked long tasks can
-    /// have up to `prefetch` deliveries waiting.
-    pub prefetch: u16,
+    /// `dequeue`. `None` (the default) derives it from the callers: the consumer is
+    /// started with a prefetch equal to the jobs this process asks for and holds on that
+    /// queue (the `max` of the `dequeue` calls in progress plus the leases held; a
+    /// [worker](https://docs.rs/agentic-core) asks for its free concurrency, so this is
+    /// its concurrency), and restarted with a larger one when that grows (never
+    /// smaller). Then the buffer holds at most what the workers can take as their
+    /// running jobs finish. `Some(n)` fixes it, e.g. with
+    /// [`AmqpQueueConfig::prefetch_for_concurrency`]. A larger prefetch keeps jobs
+    /// waiting in this process that idle processes could run, and every buffered
+    /// delivery costs its job an attempt if the connection is lost. Buffered deliveries
+    /// that near the broker's consumer timeout are handed back without costing an
+    /// attempt (copy, then ack); leases parked past that timeout no longer count
+    /// against the prefetch, so a worker busy with parked long tasks can have up to
+    /// `prefetch` deliveries waiting.
+    pub prefetch: Option<u16>,
     /// The quorum queue's `x-delivery-limit`: returns (lease expiries, lost consumers)
     /// after which the broker itself dead-letters a message. A backstop for jobs that kill
     /// their workers; `max_attempts` is enforced before it. Keep it above every job's
@@ -148,6 +160,7 @@ impl std::fmt::Debug for AmqpQueueConfig {
             .field("queue_prefix", &self.queue_prefix)
             .field("connection_name", &self.connection_name)
             .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("dedupe", &self.dedupe)
             .field("dedupe_window", &self.dedupe_window)
             .field("prefetch", &self.prefetch)
             .field("delivery_limit", &self.delivery_limit)
@@ -186,8 +199,9 @@ impl AmqpQueueConfig {
             queue_prefix: "agentic.".to_owned(),
             connection_name: "agentic-queue".to_owned(),
             max_payload_bytes: 8 * 1024 * 1024,
-            dedupe_window: Duration::from_secs(3600),
-            prefetch: 64,
+            dedupe: false,
+            dedupe_window: Duration::from_secs(600),
+            prefetch: None,
             delivery_limit: 50,
             consumer_timeout: Duration::from_secs(30 * 60),
             consumer_timeout_argument: false,
@@ -212,16 +226,25 @@ impl AmqpQueueConfig {
         self
     }
 
-    /// Sets the prefetch (deliveries buffered ahead per queue).
+    /// Fixes the prefetch (most deliveries unacked per queue on this process's consumer)
+    /// instead of deriving it from the callers (see [`AmqpQueueConfig::prefetch`]).
     pub fn prefetch(mut self, prefetch: u16) -> Self {
-        self.prefetch = prefetch;
+        self.prefetch = Some(prefetch.max(1));
+        self
+    }
+
+    /// Turns dedupe by idempotency key on, with the given window (see
+    /// [`AmqpQueueConfig::dedupe`]).
+    pub fn dedupe(mut self, window: Duration) -> Self {
+        self.dedupe = true;
+        self.dedupe_window = window;
         self
     }
 
     /// Sets the prefetch for a process that runs `concurrency` jobs of one queue at a
     /// time (see [`AmqpQueueConfig::prefetch`]): at least 1, at most `u16::MAX`.
     pub fn prefetch_for_concurrency(mut self, concurrency: usize) -> Self {
-        self.prefetch = u16::try_from(concurrency.max(1)).unwrap_or(u16::MAX);
+        self.prefetch = Some(u16::try_from(concurrency.max(1)).unwrap_or(u16::MAX));
         self
     }
 
@@ -286,6 +309,12 @@ struct QueueState {
     arrived: Notify,
     /// The leases handed out, by (job, token).
     leases: Mutex<HashMap<(JobId, u64), Held>>,
+    /// Leases taken out of `leases` while they move (parked, or their parked copy
+    /// renewed; see `lease`): an operation on one waits for the move to end instead of
+    /// taking the lease for lost. Locked after `leases` when both are.
+    moving: Mutex<HashSet<(JobId, u64)>>,
+    /// Wakes operations waiting for a move to end.
+    moved: Notify,
     consumer: Mutex<Option<ConsumerRun>>,
     /// Serialises consumer restarts (held across the awaits of a restart).
     starting: tokio::sync::Mutex<()>,
@@ -298,10 +327,19 @@ struct QueueState {
     parked: Mutex<BTreeSet<String>>,
     /// Deliveries received by this queue's consumers so far.
     received: AtomicU64,
+    /// The `max` of the `dequeue` calls in progress, summed.
+    asking: AtomicUsize,
+    /// The most jobs this process asked for and held at once (see
+    /// [`AmqpQueueConfig::prefetch`]): the prefetch when it is derived.
+    wanted: AtomicUsize,
 }
 
 struct ConsumerRun {
     channel: lapin::Channel,
+    /// The broker's name of the consumer, to cancel it.
+    tag: ShortString,
+    /// Its `basic.qos` prefetch.
+    prefetch: u16,
     task: JoinHandle<()>,
     /// The backlog the queue reported when the consumer started arrives in a burst
     /// right after; until it has (or this deadline passes) a `dequeue` that got fewer
@@ -328,12 +366,16 @@ impl QueueState {
             buffer: Mutex::new(VecDeque::new()),
             arrived: Notify::new(),
             leases: Mutex::new(HashMap::new()),
+            moving: Mutex::new(HashSet::new()),
+            moved: Notify::new(),
             consumer: Mutex::new(None),
             starting: tokio::sync::Mutex::new(()),
             delays: Mutex::new(BTreeSet::new()),
             records: Mutex::new(BTreeSet::new()),
             parked: Mutex::new(BTreeSet::new()),
             received: AtomicU64::new(0),
+            asking: AtomicUsize::new(0),
+            wanted: AtomicUsize::new(0),
         }
     }
 
@@ -346,10 +388,28 @@ impl QueueState {
             .then_some(run.primed_until)
     }
 
-    fn consumer_running(&self) -> bool {
+    /// The consumer's prefetch, if it runs.
+    fn running_prefetch(&self) -> Option<u16> {
         lock(&self.consumer)
             .as_ref()
-            .is_some_and(ConsumerRun::running)
+            .filter(|run| run.running())
+            .map(|run| run.prefetch)
+    }
+
+    /// Records that a `dequeue` asks for `max` jobs until the guard is dropped, and
+    /// raises `wanted` to what this process now asks for and holds.
+    fn ask(&self, max: usize) -> Asking<'_> {
+        let asking = self
+            .asking
+            .fetch_add(max, Ordering::AcqRel)
+            .saturating_add(max);
+        let held = {
+            let leases = lock(&self.leases);
+            leases.len() + lock(&self.moving).len()
+        };
+        self.wanted
+            .fetch_max(asking.saturating_add(held), Ordering::AcqRel);
+        Asking { state: self, max }
     }
 
     fn stop_consumer(&self) {
@@ -399,12 +459,34 @@ impl QueueState {
         self.arrived.notify_waiters();
     }
 
+    /// Deliveries unacked on the consumer's channel as far as this process knows: the
+    /// buffer and the leases not parked.
+    fn unacked(&self) -> u64 {
+        let leased = lock(&self.leases)
+            .values()
+            .filter(|h| matches!(h.place, Place::Delivered { .. }) && h.usable())
+            .count() as u64;
+        leased + self.buffered()
+    }
+
     /// Deliveries in the buffer that can still be acked (their channel is open).
     fn buffered(&self) -> u64 {
         lock(&self.buffer)
             .iter()
             .filter(|(_, d)| d.acker.usable())
             .count() as u64
+    }
+}
+
+/// A `dequeue` in progress, counted in [`QueueState::asking`] until dropped.
+struct Asking<'a> {
+    state: &'a QueueState,
+    max: usize,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.state.asking.fetch_sub(self.max, Ordering::AcqRel);
     }
 }
 
@@ -517,13 +599,31 @@ impl Inner {
         Ok(())
     }
 
-    /// Starts the queue's consumer unless it runs.
+    /// The prefetch the queue's consumer should have: the configured one, or what this
+    /// process asks for and holds (see [`AmqpQueueConfig::prefetch`]).
+    fn prefetch_for(&self, state: &QueueState) -> u16 {
+        self.config
+            .prefetch
+            .unwrap_or_else(|| {
+                u16::try_from(state.wanted.load(Ordering::Acquire)).unwrap_or(u16::MAX)
+            })
+            .max(1)
+    }
+
+    /// Starts the queue's consumer unless it runs, and restarts it with a larger prefetch
+    /// when the derived one grew.
     async fn ensure_consumer(&self, state: &Arc<QueueState>) -> Result<(), QueueError> {
-        if state.consumer_running() {
+        if state
+            .running_prefetch()
+            .is_some_and(|p| p >= self.prefetch_for(state))
+        {
             return Ok(());
         }
         let _starting = state.starting.lock().await;
-        if state.consumer_running() {
+        let prefetch = self.prefetch_for(state);
+        if let Some(running) = state.running_prefetch()
+            && (running >= prefetch || self.raise_prefetch(state, prefetch).await?)
+        {
             return Ok(());
         }
         state.stop_consumer();
@@ -536,8 +636,24 @@ impl Inner {
             .create_channel()
             .await
             .map_err(|e| map_err("open a consumer channel", e))?;
+        let primed_total =
+            state.received.load(Ordering::Acquire) + u64::from(backlog.min(u32::from(prefetch)));
+        self.consume_on(state, channel, prefetch, primed_total)
+            .await
+    }
+
+    /// Starts a consumer on `channel` with `prefetch` (`basic.qos` applies to the
+    /// consumers a channel starts after it) and the task that moves its deliveries into
+    /// the buffer.
+    async fn consume_on(
+        &self,
+        state: &Arc<QueueState>,
+        channel: lapin::Channel,
+        prefetch: u16,
+        primed_total: u64,
+    ) -> Result<(), QueueError> {
         channel
-            .basic_qos(self.config.prefetch.max(1), BasicQosOptions::default())
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| map_err("set the prefetch", e))?;
         let mut args = FieldTable::default();
@@ -559,16 +675,82 @@ impl Inner {
             )
             .await
             .map_err(|e| map_err("start a consumer", e))?;
-        let primed_total = state.received.load(Ordering::Acquire)
-            + u64::from(backlog.min(u32::from(self.config.prefetch.max(1))));
+        let tag = consumer.tag();
         let task = tokio::spawn(consume(Arc::downgrade(state), consumer));
         *lock(&state.consumer) = Some(ConsumerRun {
             channel,
+            tag,
+            prefetch,
             task,
             primed_until: Instant::now() + PRIMING,
             primed_total,
         });
         Ok(())
+    }
+
+    /// Replaces the running consumer by one with a larger prefetch, on the same channel.
+    ///
+    /// A live consumer's prefetch cannot be raised (`basic.qos` with `global = false`
+    /// applies to consumers started after it; the per-channel `global = true` is refused
+    /// by quorum queues), so the consumer is cancelled and started again. The channel
+    /// stays open: what it delivered stays unacked on it, so the leases and the buffer
+    /// keep their deliveries (no attempt counted, nothing redelivered). The old
+    /// consumer's task ends once the broker confirmed the cancel, after every delivery
+    /// sent before it reached the buffer; only then does the new consumer start, so
+    /// arrival order is kept. False when the old consumer could not be cancelled
+    /// cleanly: the caller then starts over on a new channel.
+    async fn raise_prefetch(
+        &self,
+        state: &Arc<QueueState>,
+        prefetch: u16,
+    ) -> Result<bool, QueueError> {
+        // Taken out: whoever looks meanwhile finds no consumer and waits for `starting`,
+        // which the caller holds.
+        let Some(run) = lock(&state.consumer).take() else {
+            return Ok(false);
+        };
+        let ConsumerRun {
+            channel,
+            tag,
+            mut task,
+            ..
+        } = run;
+        let give_up = |task: JoinHandle<()>, channel: lapin::Channel| {
+            task.abort();
+            tokio::spawn(async move {
+                let _ = channel.close(200, "consumer restarted".into()).await;
+            });
+            false
+        };
+        if let Err(e) = channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+        {
+            tracing::warn!(queue = %state.names.queue, error = %e, "could not cancel the consumer to raise its prefetch; starting over");
+            return Ok(give_up(task, channel));
+        }
+        if tokio::time::timeout(self.config.confirm_timeout, &mut task)
+            .await
+            .is_err()
+            || !channel.status().connected()
+        {
+            tracing::warn!(queue = %state.names.queue, "the cancelled consumer did not end cleanly; starting over");
+            return Ok(give_up(task, channel));
+        }
+        let received = state.received.load(Ordering::Acquire);
+        match self
+            .consume_on(state, channel.clone(), prefetch, received)
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(queue = %state.names.queue, prefetch, "consumer restarted with a larger prefetch");
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = channel.close(200, "consumer restarted".into()).await;
+                Err(e)
+            }
+        }
     }
 
     /// Takes up to `max` deliveries from the buffer and turns them into leases.
@@ -662,22 +844,50 @@ impl Inner {
         Admitted::Deliver(delivery)
     }
 
-    /// Claims an idempotency key for `id`: true when it was free (the record is now
-    /// stored), false when another job holds it inside the window.
-    async fn claim_key(
+    /// Claims the idempotency keys of a batch at once: one record per distinct key,
+    /// published together (one wait for all their confirms). A confirm means the key was
+    /// free and is now held for the window; a nack (the record queue is full) that
+    /// another job holds it. A later job of the batch with the key of an earlier one is
+    /// a duplicate of it.
+    async fn claim_keys(
         &self,
         state: &QueueState,
-        spec: &QueueSpec,
-        id: &JobId,
-    ) -> Result<bool, QueueError> {
-        lock(&state.records).insert(spec.name().to_owned());
-        let record = Outgoing {
-            queue: spec.clone(),
-            payload: Bytes::copy_from_slice(id.as_str().as_bytes()),
-            properties: lapin::BasicProperties::default().with_delivery_mode(2),
-        };
-        let confirms = self.publish(std::slice::from_ref(&record)).await?;
-        Ok(confirms.first() == Some(&Confirmed::Ack))
+        jobs: &[NewJob],
+        ids: &[JobId],
+    ) -> Result<Claims, QueueError> {
+        let mut claims = Claims::default();
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        let mut records = Vec::new();
+        let mut owners = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let Some(key) = job.idempotency_key.as_deref() else {
+                continue;
+            };
+            if first.insert(key, i).is_some() {
+                claims.duplicate.insert(i);
+                continue;
+            }
+            let spec = state.names.idempotency(key);
+            lock(&state.records).insert(spec.name().to_owned());
+            records.push(Outgoing {
+                queue: spec,
+                payload: Bytes::copy_from_slice(ids[i].as_str().as_bytes()),
+                properties: lapin::BasicProperties::default().with_delivery_mode(2),
+            });
+            owners.push(i);
+        }
+        if records.is_empty() {
+            return Ok(claims);
+        }
+        let confirms = self.publish(&records).await?;
+        for ((record, i), confirm) in records.into_iter().zip(owners).zip(confirms) {
+            if confirm == Confirmed::Ack {
+                claims.claimed.push(record.queue);
+            } else {
+                claims.duplicate.insert(i);
+            }
+        }
+        Ok(claims)
     }
 
     /// Undoes claimed keys after the jobs could not be published, so a retry of the
@@ -699,6 +909,16 @@ impl Inner {
             }
         }
     }
+}
+
+/// The outcome of [`Inner::claim_keys`].
+#[derive(Default)]
+struct Claims {
+    /// Record queues of the keys this batch claimed (released if the jobs cannot be
+    /// published).
+    claimed: Vec<QueueSpec>,
+    /// Jobs (by index) whose key another job holds: not published.
+    duplicate: HashSet<usize>,
 }
 
 /// What a delivered message is, before it is handed out.
@@ -824,6 +1044,8 @@ impl TaskQueue for AmqpQueue {
         // Unbounded: a lease that must outlive the broker's consumer timeout is parked
         // (see `lease`).
         caps.max_lease = None;
+        // Off by default: see `AmqpQueueConfig::dedupe`.
+        caps.idempotency = self.inner.config.dedupe;
         caps
     }
 
@@ -843,33 +1065,35 @@ impl TaskQueue for AmqpQueue {
                 )));
             }
         }
-        let mut out = Vec::with_capacity(jobs.len());
-        let mut messages = Vec::with_capacity(jobs.len());
-        let mut claimed = Vec::new();
-        for job in &jobs {
-            let id = match &job.idempotency_key {
+        let dedupe = inner.config.dedupe;
+        let ids: Vec<JobId> = jobs
+            .iter()
+            .map(|job| match &job.idempotency_key {
                 // Derived from the key, so a duplicate can answer with the original's id
                 // without reading the broker's record back.
-                Some(key) => JobId(format!("key-{}", topology::key_id(&state.names.work, key))),
-                None => JobId(new_id()),
-            };
-            if let Some(key) = &job.idempotency_key {
-                let spec = state.names.idempotency(key);
-                let fresh = match inner.claim_key(&state, &spec, &id).await {
-                    Ok(fresh) => fresh,
-                    Err(e) => {
-                        inner.release_keys(&claimed).await;
-                        return Err(e);
-                    }
-                };
-                if !fresh {
-                    out.push(Enqueued {
-                        id,
-                        duplicate: true,
-                    });
-                    continue;
+                Some(key) if dedupe => {
+                    JobId(format!("key-{}", topology::key_id(&state.names.work, key)))
                 }
-                claimed.push(spec);
+                // Without dedupe a keyed job gets an id of its own, like any job: two jobs
+                // of one key are two jobs, and a consumer that tells a duplicate by its id
+                // (the orchestrator's task records do) sees them as two.
+                _ => JobId(new_id()),
+            })
+            .collect();
+        let claims = if dedupe {
+            inner.claim_keys(&state, &jobs, &ids).await?
+        } else {
+            Claims::default()
+        };
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut messages = Vec::with_capacity(jobs.len());
+        for (i, (job, id)) in jobs.iter().zip(ids).enumerate() {
+            if claims.duplicate.contains(&i) {
+                out.push(Enqueued {
+                    id,
+                    duplicate: true,
+                });
+                continue;
             }
             let bucket = delay_bucket_ms(job.delay);
             let target = if bucket == 0 {
@@ -889,7 +1113,7 @@ impl TaskQueue for AmqpQueue {
             });
         }
         if let Err(e) = inner.publish_all(&messages).await {
-            inner.release_keys(&claimed).await;
+            inner.release_keys(&claims.claimed).await;
             return Err(e);
         }
         Ok(out)
@@ -907,16 +1131,28 @@ impl TaskQueue for AmqpQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
+        // Counted while this call runs: what the process asks for sizes a derived prefetch.
+        let _asking = state.ask(max);
         let started = Instant::now();
         let deadline = started + wait;
         let mut out = Vec::new();
+        let mut pause = Duration::from_millis(50);
         loop {
             if let Err(e) = inner.ensure_consumer(&state).await {
                 // What was taken already is leased: hand it out, report the fault next time.
-                if out.is_empty() {
-                    return Err(e);
+                if !out.is_empty() {
+                    return Ok(out);
                 }
-                return Ok(out);
+                // A connection that died under the call (closed by the broker between the
+                // check and the declare) is replaced on the next round: inside the wait,
+                // such a fault is waited out like an empty queue.
+                if e.is_retryable() && Instant::now() + pause < deadline {
+                    tracing::debug!(queue = %state.names.queue, error = %e, "consumer not ready; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                return Err(e);
             }
             // Registered before looking at the buffer, so an arrival between the look and
             // the wait is not missed.
@@ -1086,9 +1322,7 @@ impl TaskQueue for AmqpQueue {
         let inner = &self.inner;
         let state = inner.state(queue)?;
         let link = inner.connector.get().await?;
-        let ready = link
-            .declare(&state.names.work_spec(), &inner.config)
-            .await?;
+        let ready = settled_ready(inner, &state, &link).await?;
         let dead = link
             .declare(&state.names.dead_spec(), &inner.config)
             .await?;
@@ -1097,13 +1331,66 @@ impl TaskQueue for AmqpQueue {
         for ms in buckets {
             delayed += u64::from(link.declare(&state.names.delay(ms), &inner.config).await?);
         }
-        let leased = lock(&state.leases).len() as u64;
+        let leased = {
+            let leases = lock(&state.leases);
+            (leases.len() + lock(&state.moving).len()) as u64
+        };
         Ok(QueueStats {
-            ready: u64::from(ready) + state.buffered(),
+            ready,
             delayed,
             leased,
             dead: u64::from(dead),
         })
+    }
+}
+
+/// The work queue's ready jobs: the broker's ready count plus this process's buffer,
+/// without the deliveries on the wire in between (counted neither by the broker, which
+/// sent them, nor here, where they have not arrived).
+///
+/// While the consumer has credit left (fewer unacked deliveries than its prefetch) and
+/// the broker holds ready messages, more are on their way: wait until the credit is used
+/// up. With nothing ready on the broker, a round trip on the consumer's channel lets what
+/// the broker sent before it arrive (a channel keeps order). Bounded (1 s), then the
+/// figure is taken as it is.
+async fn settled_ready(
+    inner: &Inner,
+    state: &QueueState,
+    link: &link::Link,
+) -> Result<u64, QueueError> {
+    let give_up = Instant::now() + Duration::from_secs(1);
+    loop {
+        let held_before = state.unacked();
+        let ready = link
+            .declare(&state.names.work_spec(), &inner.config)
+            .await?;
+        let buffered = state.buffered();
+        let total = u64::from(ready) + buffered;
+        let run = lock(&state.consumer)
+            .as_ref()
+            .filter(|run| run.running())
+            .map(|run| (run.channel.clone(), run.prefetch));
+        let Some((channel, prefetch)) = run else {
+            return Ok(total);
+        };
+        if held_before >= u64::from(prefetch) || Instant::now() >= give_up {
+            return Ok(total);
+        }
+        if ready == 0 {
+            let received = state.received.load(Ordering::Acquire);
+            // Any `basic.qos` is a round trip; it changes only consumers started later,
+            // and every consumer start sets its own.
+            let synced = channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .is_ok();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if !synced || state.received.load(Ordering::Acquire) == received {
+                return Ok(total);
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
