@@ -5,7 +5,7 @@
  * (namespaces, dropping root, rlimits) is done here, in a small C program built by the crate's
  * build.rs, embedded in the library and written once to disk by `ProcessSandbox::new`.
  *
- *   host (Rust) --spawn--> L  launcher: reads stdin, creates the namespaces, forks I, waits
+ *   host (Rust) --spawn--> L  launcher: reads stdin, creates the namespaces, forks I, exits
  *                          I  init, PID 1 of the new PID namespace: forks G, reaps everything,
  *                             kills the whole namespace when G ends or the host says stop,
  *                             writes the report
@@ -29,7 +29,9 @@
  *     error <stage> <errno>                  (setup failed; the program did not run)
  *     end
  * The guest never holds the control socket (close-on-exec before the program starts), so it
- * cannot forge the report.
+ * cannot forge the report. The host knows the run ended when the report ends (EOF): L does
+ * not wait for I, which saves a process wake-up per run; I stays in L's process group, which
+ * the host kills after every run.
  *
  * Options (before `--`):
  *   --net --pid --user     new network / PID / user namespace (user: for non-root hosts)
@@ -225,8 +227,9 @@ failed:
 static void init(const struct options *o, struct held held) {
     char line[160];
     int subreaper = 0;
-    /* Should L be killed (the host gave up), take the namespace down with it. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* No parent-death signal: L exits at once. What stops a run whose host went away (gave
+     * up, crashed) is the host's end of the control socket closing, below, and the host's
+     * kill of the process group, which we are in. */
     if (!held.pidns) {
         /* Without a PID namespace, orphans come back to us rather than to the host's init,
          * so that they are reaped (zombies count against RLIMIT_NPROC) and counted. */
@@ -348,10 +351,5 @@ int main(int argc, char **argv) {
     pid_t i = fork();
     if (i < 0) fail(&held, &o, "fork", errno);
     if (i == 0) init(&o, held);
-    close(ctl);
-    for (;;) {
-        int st;
-        if (waitpid(i, &st, 0) == i) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        if (errno != EINTR) return 125;
-    }
+    return 0;
 }

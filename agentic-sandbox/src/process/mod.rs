@@ -288,7 +288,8 @@ impl Sandbox for ProcessSandbox {
 
 /// Why the wait ended.
 enum Ended {
-    Exited(ExitStatus),
+    /// The init's report ended: the program exited and the run is over.
+    Reported,
     TimedOut,
     OutputLimit,
 }
@@ -425,11 +426,12 @@ impl Inner {
             .and_then(|pid| i32::try_from(pid).ok())
             .and_then(rustix::process::Pid::from_raw);
         // Should this future be dropped mid-run (the caller cancelled), the whole group is
-        // killed, not just the direct child (which `kill_on_drop` covers); the init, PID 1 of
-        // the run's namespace, is in the group, and the kernel kills the rest with it.
+        // killed: the init, PID 1 of the run's namespace, is in it, and the kernel kills the
+        // rest of the namespace with it. (The init also stops the run when the host's end of
+        // the control socket closes, which dropping this future does too.)
         let mut guard = KillGroupOnDrop(group);
 
-        let (mut report_reader, mut control_writer) = control.into_split();
+        let (report_reader, mut control_writer) = control.into_split();
         let (stop, stop_requested) = tokio::sync::oneshot::channel::<()>();
         // A task, so that a large stdin never blocks the wait below. The init reads all of
         // stdin before it starts the guest; the length comes first so it knows where it ends.
@@ -457,15 +459,28 @@ impl Inner {
                 .map(|p| spawn_reader(p, stderr.clone(), overflow.clone())),
         ];
 
+        // The init writes its report once the program exited and everything of the run is
+        // dead, then exits: the end of the report is the end of the run. (The process the
+        // host spawned exits as soon as the init is running.)
+        let reported = async move {
+            let mut report = Vec::new();
+            let _ = report_reader
+                .take(MAX_REPORT)
+                .read_to_end(&mut report)
+                .await;
+            report
+        };
+        tokio::pin!(reported);
+        let mut report = None;
         let ended = tokio::select! {
             // In this order when several are ready at once: an overflow we are about to act
             // on wins over the exit it may cause.
             biased;
             () = overflow.notified() => Ended::OutputLimit,
-            status = child.wait() => match status {
-                Ok(status) => Ended::Exited(status),
-                Err(e) => return Err(setup("cannot wait for the guest", e)),
-            },
+            bytes = &mut reported => {
+                report = Some(bytes);
+                Ended::Reported
+            }
             () = tokio::time::sleep(limits.wall_time) => Ended::TimedOut,
         };
         // Whatever ended the run, nothing of it may outlive it. Ask the init to stop: it kills
@@ -473,20 +488,15 @@ impl Inner {
         // Give it a moment, then kill the whole group from outside in any case: that is what
         // stops a run whose init cannot (no PID namespace here, or stuck).
         drop(stop);
-        if !matches!(ended, Ended::Exited(_)) {
-            let _ = tokio::time::timeout(GRACE, child.wait()).await;
-        }
+        let report = match report {
+            Some(report) => report,
+            None => tokio::time::timeout(GRACE, &mut reported)
+                .await
+                .unwrap_or_default(),
+        };
         guard.kill_now();
-        let _ = child.wait().await;
+        let launcher = child.wait().await;
         let wall_time = started.elapsed();
-        let mut report = Vec::new();
-        let _ = tokio::time::timeout(
-            DRAIN,
-            (&mut report_reader)
-                .take(MAX_REPORT)
-                .read_to_end(&mut report),
-        )
-        .await;
         let report = Report::parse(&report);
         for reader in readers.into_iter().flatten() {
             // Stragglers that left the group may still hold the pipes open (only without a
@@ -511,7 +521,7 @@ impl Inner {
         let termination = match (&ended, report.as_ref().and_then(|r| r.status)) {
             (Ended::TimedOut, _) => Termination::Timeout,
             (Ended::OutputLimit, _) => Termination::OutputLimit,
-            (Ended::Exited(_), Some(status)) => {
+            (Ended::Reported, Some(status)) => {
                 let status = ExitStatus::from_raw(status);
                 let sigkill =
                     status.signal() == Some(libc_signal::SIGKILL) || status.code() == Some(137);
@@ -529,8 +539,13 @@ impl Inner {
                     },
                 })
             }
-            (Ended::Exited(init), None) => Termination::Trap {
-                message: format!("the sandbox's init ended without a report ({init})"),
+            (Ended::Reported, None) => Termination::Trap {
+                message: match launcher {
+                    Ok(status) if !status.success() => {
+                        format!("the sandbox's init failed without a report ({status})")
+                    }
+                    _ => "the sandbox's init ended without a report".to_owned(),
+                },
             },
         };
         let mut enforced = launched.enforced;
