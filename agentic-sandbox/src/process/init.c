@@ -74,6 +74,29 @@ struct held {
 
 static int ctl = -1;
 
+/* Fork placement. A forked child is queued on whichever CPU the scheduler picks; when every
+ * CPU is busy it can wait there a whole time slice (milliseconds) although its parent is about
+ * to sleep and free its own. Each fork here (L -> I, I -> G) is followed at once by the parent
+ * sleeping or exiting, so the parent pins itself to the CPU it is on for the fork, and both
+ * restore the previous affinity right after: the guest runs wherever it is allowed to. */
+static cpu_set_t affinity;
+static int pinned;
+
+static void pin_for_fork(void) {
+    cpu_set_t here;
+    int cpu = sched_getcpu();
+    pinned = 0;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof affinity, &affinity) != 0) return;
+    CPU_ZERO(&here);
+    CPU_SET(cpu, &here);
+    pinned = sched_setaffinity(0, sizeof here, &here) == 0;
+}
+
+static void unpin(void) {
+    if (pinned) sched_setaffinity(0, sizeof affinity, &affinity);
+    pinned = 0;
+}
+
 static void put(const char *text) {
     size_t len = strlen(text);
     while (len > 0) {
@@ -227,6 +250,7 @@ failed:
 static void init(const struct options *o, struct held held) {
     char line[160];
     int subreaper = 0;
+    unpin();
     /* No parent-death signal: L exits at once. What stops a run whose host went away (gave
      * up, crashed) is the host's end of the control socket closing, below, and the host's
      * kill of the process group, which we are in. */
@@ -243,7 +267,9 @@ static void init(const struct options *o, struct held held) {
     int errp[2];
     if (sfd < 0) fail(&held, o, "signalfd", errno);
     if (pipe2(errp, O_CLOEXEC) != 0) fail(&held, o, "pipe", errno);
+    pin_for_fork();
     pid_t g = fork();
+    unpin();
     if (g < 0) fail(&held, o, "fork", errno);
     if (g == 0) {
         close(errp[0]);
@@ -348,6 +374,7 @@ int main(int argc, char **argv) {
     }
     held.uid_dropped = o.uid >= 0;
 
+    pin_for_fork();
     pid_t i = fork();
     if (i < 0) fail(&held, &o, "fork", errno);
     if (i == 0) init(&o, held);

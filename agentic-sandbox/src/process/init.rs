@@ -159,15 +159,16 @@ pub(crate) fn probe(init: &Path, args: &[String]) -> Result<Report, SandboxError
         source: Some(Box::new(e)),
     };
     let (mut host, guest) = std::os::unix::net::UnixStream::pair().map_err(failed)?;
-    let mut child = std::process::Command::new(init)
+    let mut command = std::process::Command::new(init);
+    command
         .args(args)
         .args(["--", "/bin/true"])
         .env_clear()
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(guest)))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(failed)?;
+        .stderr(Stdio::null());
+    let mut child = super::spawn_retrying(|| command.spawn()).map_err(failed)?;
+    drop(command);
     // No stdin; the host end stays open until the init is done (closing it would mean stop).
     let sent = host.write_all(&0u64.to_le_bytes());
     let waited = child.wait();

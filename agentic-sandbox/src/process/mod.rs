@@ -624,7 +624,7 @@ impl Inner {
                     }
                     // The child's pipes and reaping belong to the caller's runtime.
                     let _runtime = handle.enter();
-                    let child = command.spawn().map_err(|e| {
+                    let child = spawn_retrying(|| command.spawn()).map_err(|e| {
                         if e.raw_os_error() == Some(7) {
                             // E2BIG: argv and environment together exceed the kernel's limit.
                             SandboxError::InvalidRequest(format!(
@@ -649,6 +649,26 @@ impl Inner {
             .map_err(|e| setup("cannot start the spawning thread", e))?;
         rx.await
             .map_err(|e| setup("the spawning thread ended without an answer", e))?
+    }
+}
+
+/// Runs `spawn`, again while it fails with `ETXTBSY`. Right after the init was installed, a
+/// process that another thread of this program forks (for any reason) holds the installer's
+/// write descriptor until it `exec`s, and Linux refuses to execute a file open for writing.
+/// That lasts microseconds to milliseconds; a short, bounded retry is the usual cure.
+pub(crate) fn spawn_retrying<T>(
+    mut spawn: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    const ETXTBSY: i32 = 26;
+    let mut attempts = 0;
+    loop {
+        match spawn() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(2 * attempts));
+            }
+            other => return other,
+        }
     }
 }
 
