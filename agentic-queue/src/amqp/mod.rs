@@ -12,7 +12,7 @@
 //! | `agentic.q` | quorum | `x-delivery-limit`, `x-dead-letter-exchange: ""`, `x-dead-letter-routing-key: agentic.q~dead`, `x-dead-letter-strategy: at-least-once`, `x-overflow: reject-publish` | jobs ready, and delivered but unacked (the leases) |
 //! | `agentic.q~dead` | quorum | | dead letters, with the reason in headers |
 //! | `agentic.q~delay~<ms>` | quorum | `x-message-ttl: <ms>`, dead-letter into `agentic.q` (at-least-once), `x-expires` | delayed jobs and retry backoffs, one queue per delay (rounded up to two significant digits) |
-//! | `agentic.q~idem~<digest>` | classic | `x-max-length: 1`, `x-overflow: reject-publish`, `x-message-ttl` and `x-expires` from the dedupe window | the record of one idempotency key |
+//! | `agentic.q~idem~<digest>` | classic | `x-max-length: 1`, `x-overflow: reject-publish`, `x-message-ttl` and `x-expires` from the dedupe window | the record of one idempotency key (only with [`AmqpQueueConfig::dedupe`] on) |
 //! | `agentic.q~lease~<digest>` | quorum | dead-letter into `agentic.q` (at-least-once), `x-expires` | the copy of one lease parked past the broker's consumer timeout (per-message TTL) |
 //!
 //! # How the trait maps onto AMQP
@@ -20,7 +20,7 @@
 //! | operation | AMQP |
 //! |---|---|
 //! | `enqueue` | `basic.publish` (persistent, mandatory) on a confirm channel; returns once the broker confirmed every message |
-//! | `dequeue` | one consumer per queue and process (`basic.qos` prefetch); deliveries wait in a local buffer until a `dequeue` takes them, and go back (copy, then ack: no attempt counted) if they wait until near the broker's `consumer_timeout` |
+//! | `dequeue` | one consumer per queue and process (`basic.qos` prefetch: configured, or what the process asks for and holds, raised by restarting the consumer on its channel); deliveries wait in a local buffer until a `dequeue` takes them, and go back (copy, then ack: no attempt counted) if they wait until near the broker's `consumer_timeout` |
 //! | lease | the unacked delivery, plus a local expiry: an expired lease is `basic.nack`ed with requeue (or dead-lettered on its last attempt) |
 //! | long lease | before the broker's `consumer_timeout` would close the channel, the lease is parked: a copy with a TTL, then ack (see `lease.rs`) |
 //! | fencing | a lease is valid only while its delivery is unacked on the channel that received it; the token is `(epoch, attempt)` in the high bits and a per-process delivery number in the low ones |
@@ -39,7 +39,7 @@
 //! |---|---|
 //! | priorities | 1 level (FIFO): quorum queues have no priorities before RabbitMQ 4.0 (which has two, not ten); the job's priority is kept and delivered as given |
 //! | delays | yes, on the broker's clock, rounded up to two significant digits of milliseconds, at most 49 days |
-//! | dedupe | yes, one small classic queue per key for the window (1 hour by default) |
+//! | dedupe | off by default (`idempotency: false`, keys ignored); with [`AmqpQueueConfig::dedupe`], one small classic queue per key for the window |
 //! | max lease | unbounded (49 days): past the broker's `consumer_timeout` ([`AmqpQueueConfig::consumer_timeout`]) a lease is parked |
 //! | persistence | quorum queues (Raft, fsynced); confirms only after a majority stored the message |
 //! | waiting | pushed by the broker: a waiting `dequeue` wakes when a delivery arrives |
@@ -737,9 +737,19 @@ impl Inner {
             tracing::warn!(queue = %state.names.queue, "the cancelled consumer did not end cleanly; starting over");
             return Ok(give_up(task, channel));
         }
-        let received = state.received.load(Ordering::Acquire);
+        // Like a fresh consumer, the new one is sent a burst of what is ready (up to its
+        // credit): a `dequeue` waits briefly for it rather than return a short batch.
+        let backlog = match self.connector.get().await {
+            Ok(link) => link
+                .declare(&state.names.work_spec(), &self.config)
+                .await
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        let primed_total =
+            state.received.load(Ordering::Acquire) + u64::from(backlog.min(u32::from(prefetch)));
         match self
-            .consume_on(state, channel.clone(), prefetch, received)
+            .consume_on(state, channel.clone(), prefetch, primed_total)
             .await
         {
             Ok(()) => {
@@ -1207,6 +1217,14 @@ impl TaskQueue for AmqpQueue {
             // gives the job back.
             Err(lease_lost(lease))
         }
+    }
+
+    /// Acks every lease at once: the `basic.ack`s go out back to back instead of one
+    /// after the other's round trip through the connection's I/O loop. Not one
+    /// `basic.ack` with `multiple`: that would also ack every older delivery of the
+    /// channel, including leases of other workers and the buffer.
+    async fn ack_batch(&self, leases: &[Lease]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        Ok(futures::future::join_all(leases.iter().map(|lease| self.ack(lease))).await)
     }
 
     async fn nack(
