@@ -414,13 +414,7 @@ impl QueueState {
 
     fn stop_consumer(&self) {
         if let Some(run) = lock(&self.consumer).take() {
-            run.task.abort();
-            let channel = run.channel;
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = channel.close(200, "consumer stopped".into()).await;
-                });
-            }
+            close_consumer(run.channel, run.task, "consumer stopped");
         }
     }
 
@@ -475,6 +469,25 @@ impl QueueState {
             .iter()
             .filter(|(_, d)| d.acker.usable())
             .count() as u64
+    }
+}
+
+/// Closes a consumer's channel, then ends its task.
+///
+/// In this order: aborting the task first drops the lapin consumer, whose drop sends a
+/// `basic.cancel` while the channel looks open; that frame could reach the broker after
+/// the `channel.close`, and a frame on a closed channel is a connection error ("expected
+/// 'channel.open'") that closes every channel of the connection, leases and all. Seen in
+/// the broker's log while the tests ran.
+fn close_consumer(channel: lapin::Channel, task: JoinHandle<()>, why: &'static str) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                let _ = channel.close(200, why.into()).await;
+                task.abort();
+            });
+        }
+        Err(_) => task.abort(),
     }
 }
 
@@ -716,10 +729,7 @@ impl Inner {
             ..
         } = run;
         let give_up = |task: JoinHandle<()>, channel: lapin::Channel| {
-            task.abort();
-            tokio::spawn(async move {
-                let _ = channel.close(200, "consumer restarted".into()).await;
-            });
+            close_consumer(channel, task, "consumer restarted");
             false
         };
         if let Err(e) = channel
