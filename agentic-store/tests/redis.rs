@@ -1,22 +1,29 @@
-#![allow(clippy::panic)]
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 //! The store conformance suite, unchanged, against a real Redis at `AGENTIC_REDIS_URL`
-//! (`.ci/run` sets it). Without the variable every case prints a skip and passes.
+//! (`.ci/run` sets it), twice: with watch on (every write takes the put script's general
+//! path, which publishes) and off (updates take its fast paths). Without the variable every
+//! case prints a skip and passes.
 //!
 //! All cases share one namespace; each case works under its own random key prefix and
 //! deletes its keys, so only the namespace's two counters (`ver`, `fence`) stay behind.
 
 use std::sync::Arc;
 
-use agentic_store::{RedisStore, RedisStoreConfig, StateStore};
+use agentic_store::{PutOptions, RedisStore, RedisStoreConfig, StateStore};
 
-async fn redis_store() -> Option<Arc<dyn StateStore>> {
-    let Ok(url) = std::env::var("AGENTIC_REDIS_URL") else {
+fn url() -> Option<String> {
+    let url = std::env::var("AGENTIC_REDIS_URL").ok();
+    if url.is_none() {
         eprintln!("SKIP redis store: AGENTIC_REDIS_URL is not set");
-        return None;
-    };
-    let config = RedisStoreConfig::new(url)
-        .namespace("agentic-test-conformance")
-        .with_watch();
+    }
+    url
+}
+
+async fn redis_store(watch: bool) -> Option<Arc<dyn StateStore>> {
+    let mut config = RedisStoreConfig::new(url()?).namespace("agentic-test-conformance");
+    if watch {
+        config = config.with_watch();
+    }
     match RedisStore::connect_with(config).await {
         Ok(s) => Some(Arc::new(s)),
         // The variable is set, so Redis is meant to be there: fail loudly, never skip.
@@ -24,9 +31,223 @@ async fn redis_store() -> Option<Arc<dyn StateStore>> {
     }
 }
 
-agentic_store::store_conformance_suite!(
-    make = match redis_store().await {
-        Some(store) => store,
-        None => return,
+mod with_watch {
+    use super::*;
+
+    agentic_store::store_conformance_suite!(
+        make = match redis_store(true).await {
+            Some(store) => store,
+            None => return,
+        }
+    );
+}
+
+mod without_watch {
+    use super::*;
+
+    agentic_store::store_conformance_suite!(
+        make = match redis_store(false).await {
+            Some(store) => store,
+            None => return,
+        }
+    );
+}
+
+/// Values written by the release that kept every version in field `ver` (and marked a key
+/// with a TTL with `t`) stay readable, and writes continue above their versions: an update
+/// without TTL makes such a key permanent.
+#[tokio::test]
+async fn values_in_the_earlier_layout_are_read_and_updated() {
+    let Some(url) = url() else { return };
+    let ns = format!("agentic-test-layout-{:x}", fastrand::u64(..));
+    let base = format!("agentic:{{{ns}}}:");
+    let client = redis::Client::open(url.as_str()).expect("Redis URL");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    // As the earlier release left them: the counter, a plain key and a key with a TTL.
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(format!("{base}ver"))
+        .arg(50)
+        .cmd("HSET")
+        .arg(format!("{base}kv:plain"))
+        .arg("v")
+        .arg("p")
+        .arg("ver")
+        .arg(41)
+        .cmd("HSET")
+        .arg(format!("{base}kv:timed"))
+        .arg("v")
+        .arg("t")
+        .arg("ver")
+        .arg(42)
+        .arg("t")
+        .arg(1)
+        .cmd("PEXPIRE")
+        .arg(format!("{base}kv:timed"))
+        .arg(60_000)
+        .cmd("ZADD")
+        .arg(format!("{base}idx"))
+        .arg(0)
+        .arg("plain")
+        .arg(0)
+        .arg("timed")
+        .cmd("ZADD")
+        .arg(format!("{base}exp"))
+        .arg(i64::MAX / 2)
+        .arg("timed")
+        .query_async(&mut raw)
+        .await
+        .expect("write the earlier layout");
+
+    let store = RedisStore::connect_with(RedisStoreConfig::new(&url).namespace(&ns))
+        .await
+        .expect("connect the store");
+    let plain = store
+        .get("plain")
+        .await
+        .expect("get")
+        .expect("plain is there");
+    assert_eq!((plain.value.as_ref(), plain.version), (&b"p"[..], 41));
+    let timed = store
+        .get("timed")
+        .await
+        .expect("get")
+        .expect("timed is there");
+    assert_eq!((timed.value.as_ref(), timed.version), (&b"t"[..], 42));
+
+    let v = store
+        .put("plain", b"p2".to_vec(), PutOptions::new())
+        .await
+        .expect("update plain");
+    assert!(
+        v > 41,
+        "update of an earlier-layout key went back to version {v}"
+    );
+    let v2 = store
+        .put("plain", b"p3".to_vec(), PutOptions::expect_version(v))
+        .await
+        .expect("compare-and-set plain");
+    assert!(v2 > v);
+    let t = store
+        .put("timed", b"t2".to_vec(), PutOptions::new())
+        .await
+        .expect("update timed");
+    assert!(
+        t > 42,
+        "update of an earlier-layout key went back to version {t}"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{base}kv:timed"))
+        .query_async(&mut raw)
+        .await
+        .expect("PTTL");
+    assert_eq!(
+        ttl, -1,
+        "an update without TTL left the earlier TTL on the key"
+    );
+    let page = store.scan("", None, 10).await.expect("scan");
+    let seen: Vec<(String, Vec<u8>, u64)> = page
+        .items
+        .into_iter()
+        .map(|(k, v)| (k, v.value.to_vec(), v.version))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("plain".to_owned(), b"p3".to_vec(), v2),
+            ("timed".to_owned(), b"t2".to_vec(), t)
+        ]
+    );
+
+    // A deleted key comes back above every version it had.
+    assert!(
+        store
+            .delete("plain", agentic_store::Expect::Any)
+            .await
+            .expect("delete")
+    );
+    let again = store
+        .put("plain", b"new".to_vec(), PutOptions::new())
+        .await
+        .expect("re-create");
+    assert!(again > v2, "re-created key got {again}, not above {v2}");
+
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{base}ver"))
+        .arg(format!("{base}kv:plain"))
+        .arg(format!("{base}kv:timed"))
+        .arg(format!("{base}idx"))
+        .arg(format!("{base}exp"))
+        .query_async(&mut raw)
+        .await
+        .expect("clean up");
+}
+
+/// Puts made at the same time share one script call; a key that cannot be written (it holds
+/// another Redis type) fails its own put with a clear error and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
+    let Some(url) = url() else { return };
+    let ns = format!("agentic-test-batch-{:x}", fastrand::u64(..));
+    let base = format!("agentic:{{{ns}}}:");
+    let client = redis::Client::open(url.as_str()).expect("Redis URL");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{base}kv:bad"))
+        .arg("not a hash")
+        .query_async(&mut raw)
+        .await
+        .expect("plant a string");
+    let store = RedisStore::connect_with(RedisStoreConfig::new(&url).namespace(&ns))
+        .await
+        .expect("connect the store");
+
+    let puts = (0..32).map(|i| {
+        let store = store.clone();
+        async move {
+            let key = if i == 16 {
+                "bad".to_owned()
+            } else {
+                format!("good{i}")
+            };
+            (
+                key.clone(),
+                store.put(&key, vec![b'x'; 64], PutOptions::new()).await,
+            )
+        }
+    });
+    for (key, result) in futures::future::join_all(puts).await {
+        if key == "bad" {
+            let err = result.expect_err("a put onto a string key must fail");
+            assert!(
+                err.to_string().contains("WRONGTYPE"),
+                "the error does not say why: {err}"
+            );
+        } else {
+            let v = result.unwrap_or_else(|e| panic!("put {key} failed beside the bad key: {e}"));
+            assert!(v > 0);
+        }
     }
-);
+    assert_eq!(
+        store
+            .get("good3")
+            .await
+            .expect("get")
+            .map(|v| v.value.len()),
+        Some(64)
+    );
+
+    let mut keys: Vec<String> = (0..32).map(|i| format!("{base}kv:good{i}")).collect();
+    keys.extend(["kv:bad", "ver", "idx", "exp"].map(|k| format!("{base}{k}")));
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut raw)
+        .await
+        .expect("clean up");
+}

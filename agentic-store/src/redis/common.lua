@@ -4,11 +4,13 @@
 -- tag so a whole store namespace lives in one Redis Cluster slot (the ordered index and
 -- the version counter must be updated atomically with the value).
 --
---   kv:<key>   hash {v = value, ver = version}, with the key's TTL if any
+--   kv:<key>   hash {v = value, n = version} for a key without TTL, {v = value,
+--              ver = version} with the key's TTL for one with
 --   idx        sorted set of every key (score 0, ordered by member): prefix scans in key order
 --   exp        sorted set of keys with a TTL by expiry (ms): lets writes prune the index
---   ver        counter: versions are unique across the namespace, so they grow per key even
---              across delete and re-create
+--   ver        counter: a new key's first version; kept at or above every version of every
+--              key that was deleted or can expire, so versions grow per key across delete,
+--              expiry and re-create (put.lua says how)
 --   lock:<n>   the lock's token (SET NX PX); fence: counter of fencing tokens
 --   channel `<prefix>:{<namespace>}:watch`: every change, for `watch`
 

@@ -9,10 +9,10 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `<prefix>:{ns}:kv:<key>` | hash | `v` (the value), `ver` (its version); the key's TTL is the hash's |
+//! | `<prefix>:{ns}:kv:<key>` | hash | `v` (the value) and its version: in `n` for a key without TTL, in `ver` for a key with one; the key's TTL is the hash's |
 //! | `<prefix>:{ns}:idx` | sorted set | every key, score 0, so `ZRANGEBYLEX` pages through a prefix in key order |
 //! | `<prefix>:{ns}:exp` | sorted set | keys with a TTL by expiry, so writes prune index entries of expired keys |
-//! | `<prefix>:{ns}:ver` | counter | versions: unique in the namespace, so a key's version grows even across delete and re-create |
+//! | `<prefix>:{ns}:ver` | counter | a new key's first version; kept at or above every version of every key that was deleted or can expire, so a key's version grows even across delete, expiry and re-create |
 //! | `<prefix>:{ns}:lock:<name>` | string | the holder's fencing token, with the lock's TTL (`SET NX PX`) |
 //! | `<prefix>:{ns}:fence` | counter | fencing tokens (`INCR`): strictly increasing for every lock |
 //! | channel `<prefix>:{ns}:watch` | pub/sub | every change, published by the writing script |
@@ -47,6 +47,8 @@ use crate::{
     Expect, LockGuard, PutOptions, ScanPage, StateStore, StoreCapabilities, StoreError, Versioned,
     WatchEvent,
 };
+
+mod writer;
 
 const COMMON: &str = include_str!("common.lua");
 
@@ -123,19 +125,28 @@ struct Scripts {
 /// | watch | opt-in with [`RedisStoreConfig::with_watch`] (pub/sub, at-most-once: a dropped watch connection ends the stream with an error) |
 /// | persistence | whatever the server is configured for |
 /// | fencing | yes, tokens from one `INCR` counter per namespace |
+///
+/// Puts that callers make at the same time share one script call (see [`writer`]); a
+/// lone put goes out at once.
 #[derive(Clone)]
 pub struct RedisStore {
     client: redis::Client,
+    shared: Arc<Shared>,
+    writer: tokio::sync::mpsc::Sender<writer::PutRequest>,
+}
+
+/// What the store's calls and its put batching task share.
+struct Shared {
     conn: ConnectionManager,
-    config: Arc<RedisStoreConfig>,
+    config: RedisStoreConfig,
     base: Arc<str>,
-    scripts: Arc<Scripts>,
+    scripts: Scripts,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("base", &self.base)
+            .field("base", &self.shared.base)
             .finish_non_exhaustive()
     }
 }
@@ -166,41 +177,32 @@ impl RedisStore {
             .map_err(|e| map_err("connect to Redis", e))?;
         let s = |body: &str| redis::Script::new(&format!("{COMMON}\n{body}"));
         let base: Arc<str> = format!("{}:{{{}}}:", config.key_prefix, config.namespace).into();
-        Ok(RedisStore {
-            client,
+        let shared = Arc::new(Shared {
             conn,
             base,
-            config: Arc::new(config),
-            scripts: Arc::new(Scripts {
+            config,
+            scripts: Scripts {
                 put: s(include_str!("put.lua")),
                 delete: s(include_str!("delete.lua")),
                 scan: s(include_str!("scan.lua")),
                 lock: s(include_str!("lock.lua")),
                 extend_lock: s(include_str!("extend_lock.lua")),
                 unlock: s(include_str!("unlock.lua")),
-            }),
+            },
+        });
+        Ok(RedisStore {
+            client,
+            writer: writer::start(Arc::clone(&shared)),
+            shared,
         })
     }
 
-    async fn run<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, StoreError>
+    async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, StoreError>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
-        let mut delay = Duration::from_millis(25);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match op(self.conn.clone()).await {
-                Ok(v) => return Ok(v),
-                Err(e) if is_transient(&e) && attempt < self.config.retries.max(1) => {
-                    tracing::warn!(operation = what, attempt, error = %e, "Redis call failed; retrying");
-                    tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return Err(map_err(what, e)),
-            }
-        }
+        self.shared.run(what, op).await
     }
 
     fn check_key(key: &str) -> Result<(), StoreError> {
@@ -225,6 +227,30 @@ impl RedisStore {
     }
 }
 
+impl Shared {
+    /// Runs `op`, retrying transient failures with backoff up to `config.retries` tries.
+    async fn run<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let mut delay = Duration::from_millis(25);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match op(self.conn.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if is_transient(&e) && attempt < self.config.retries.max(1) => {
+                    tracing::warn!(operation = what, attempt, error = %e, "Redis call failed; retrying");
+                    tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(map_err(what, e)),
+            }
+        }
+    }
+}
+
 /// The key of a value, `<base>kv:<key>`, written straight into the command buffer.
 struct KvKey<'a>(&'a str, &'a str);
 
@@ -237,17 +263,10 @@ impl redis::ToRedisArgs for KvKey<'_> {
     }
 }
 
-/// `EVALSHA <script> 1 <base>`; add the arguments, then run it with [`eval`]. Built
-/// directly as one command buffer rather than through `redis::ScriptInvocation`, which
-/// holds every argument in a vector of its own and copies them all again per call.
-fn evalsha(script: &redis::Script, base: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(1).arg(base);
-    cmd
-}
-
-/// Runs an [`evalsha`] command; when the server does not know the script (restarted,
-/// `SCRIPT FLUSH`), loads it and runs the command again.
+/// Runs an `EVALSHA` command built by hand (one command buffer, rather than through
+/// `redis::ScriptInvocation`, which copies every argument again per call); when the
+/// server does not know the script (restarted, `SCRIPT FLUSH`), loads it and runs the
+/// command again.
 async fn eval<T: redis::FromRedisValue>(
     conn: &mut ConnectionManager,
     script: &redis::Script,
@@ -302,22 +321,25 @@ impl StateStore for RedisStore {
     fn capabilities(&self) -> StoreCapabilities {
         StoreCapabilities {
             per_key_ttl: true,
-            watch: self.config.publish_changes,
+            watch: self.shared.config.publish_changes,
         }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         Self::check_key(key)?;
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(KvKey(&self.base, key)).arg("v").arg("ver");
+        cmd.arg(KvKey(&self.shared.base, key))
+            .arg("v")
+            .arg("n")
+            .arg("ver");
         let cmd = &cmd;
-        let (v, ver): (Option<Vec<u8>>, Option<u64>) = self
+        let (v, n, ver): (Option<Vec<u8>>, Option<u64>, Option<u64>) = self
             .run(
                 "get",
                 |mut conn| async move { cmd.query_async(&mut conn).await },
             )
             .await?;
-        Ok(match (v, ver) {
+        Ok(match (v, n.or(ver)) {
             (Some(v), Some(version)) => Some(Versioned {
                 value: Bytes::from(v),
                 version,
@@ -329,25 +351,17 @@ impl StateStore for RedisStore {
     async fn put(&self, key: &str, value: Vec<u8>, opts: PutOptions) -> Result<u64, StoreError> {
         Self::check_key(key)?;
         let ttl = opts.ttl.map(Self::ttl_ms).transpose()?.unwrap_or(0);
-        let script = &self.scripts.put;
-        let mut cmd = evalsha(script, &self.base);
-        cmd.arg(key).arg(value.as_slice());
-        match opts.expect {
-            Expect::Any => cmd.arg("any"),
-            Expect::Absent => cmd.arg("absent"),
-            Expect::Version(v) => cmd.arg(v),
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = writer::PutRequest {
+            key: key.to_owned(),
+            value,
+            expect: opts.expect,
+            ttl_ms: ttl,
+            reply,
         };
-        cmd.arg(ttl).arg(if self.config.publish_changes {
-            "1"
-        } else {
-            "0"
-        });
-        let cmd = &cmd;
-        let n: i64 = self
-            .run("put", |mut conn| async move {
-                eval(&mut conn, script, cmd).await
-            })
-            .await?;
+        let stopped = || backend("the store's put task has stopped".to_owned());
+        self.writer.send(request).await.map_err(|_| stopped())?;
+        let n = answer.await.map_err(|_| stopped())??;
         if n > 0 {
             return Ok(n as u64);
         }
@@ -360,9 +374,9 @@ impl StateStore for RedisStore {
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<bool, StoreError> {
         Self::check_key(key)?;
-        let script = &self.scripts.delete;
-        let (base, exp) = (&*self.base, expect_arg(expect));
-        let publish = if self.config.publish_changes {
+        let script = &self.shared.scripts.delete;
+        let (base, exp) = (&*self.shared.base, expect_arg(expect));
+        let publish = if self.shared.config.publish_changes {
             "1"
         } else {
             "0"
@@ -393,8 +407,8 @@ impl StateStore for RedisStore {
                 "scan limit must be at least 1".to_owned(),
             ));
         }
-        let script = &self.scripts.scan;
-        let base = &*self.base;
+        let script = &self.shared.scripts.scan;
+        let base = &*self.shared.base;
         let cursor = cursor.unwrap_or("");
         let reply: Value = self
             .run("scan", |mut conn| async move {
@@ -436,8 +450,8 @@ impl StateStore for RedisStore {
         Self::check_key(name)?;
         let ms = Self::ttl_ms(ttl)?;
         let started = tokio::time::Instant::now();
-        let script = &self.scripts.lock;
-        let base = &*self.base;
+        let script = &self.shared.scripts.lock;
+        let base = &*self.shared.base;
         let token: i64 = self
             .run("lock", |mut conn| async move {
                 script
@@ -458,8 +472,8 @@ impl StateStore for RedisStore {
     async fn extend_lock(&self, guard: &LockGuard, ttl: Duration) -> Result<LockGuard, StoreError> {
         let ms = Self::ttl_ms(ttl)?;
         let started = tokio::time::Instant::now();
-        let script = &self.scripts.extend_lock;
-        let base = &*self.base;
+        let script = &self.shared.scripts.extend_lock;
+        let base = &*self.shared.base;
         let ok: i64 = self
             .run("extend_lock", |mut conn| async move {
                 script
@@ -485,8 +499,8 @@ impl StateStore for RedisStore {
     }
 
     async fn unlock(&self, guard: &LockGuard) -> Result<(), StoreError> {
-        let script = &self.scripts.unlock;
-        let base = &*self.base;
+        let script = &self.shared.scripts.unlock;
+        let base = &*self.shared.base;
         let ok: i64 = self
             .run("unlock", |mut conn| async move {
                 script
@@ -511,7 +525,7 @@ impl StateStore for RedisStore {
         &self,
         prefix: &str,
     ) -> Result<BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError> {
-        if !self.config.publish_changes {
+        if !self.shared.config.publish_changes {
             return Err(StoreError::Unsupported("watch (publish_changes is off)"));
         }
         let mut pubsub = self
@@ -520,7 +534,7 @@ impl StateStore for RedisStore {
             .await
             .map_err(|e| map_err("open the watch connection", e))?;
         pubsub
-            .subscribe(format!("{}watch", self.base))
+            .subscribe(format!("{}watch", self.shared.base))
             .await
             .map_err(|e| map_err("subscribe for watch", e))?;
         let prefix = prefix.to_owned();
