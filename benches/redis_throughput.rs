@@ -18,8 +18,8 @@
 //! queue (for profiling).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use agentic_core::queue::{NewJob, RedisQueue, RedisQueueConfig, TaskQueue};
@@ -62,6 +62,7 @@ fn main() {
         let store = Arc::new(store);
         let client = redis::Client::open(url.as_str()).unwrap();
         let raw_conn = client.get_multiplexed_async_connection().await.unwrap();
+        find_redis_process(&mut raw_conn.clone()).await;
         let value = vec![7u8; PAYLOAD];
         for i in 0..CLIENTS * 8 {
             store.put(&format!("k{i}"), value.clone(), PutOptions::new()).await.unwrap();
@@ -72,10 +73,10 @@ fn main() {
             let (mut ours, mut raw) = (f64::NAN, f64::NAN);
             if part != "store" {
                 if part != "queue-raw" {
-                    ours = queue_ours(&url, &prefix, jobs).await;
+                    ours = cpu_span("queue ours", jobs, queue_ours(&url, &prefix, jobs)).await;
                 }
                 if part != "queue-ours" {
-                    raw = queue_raw(&url, &prefix, jobs).await;
+                    raw = cpu_span("queue raw", jobs, queue_raw(&url, &prefix, jobs)).await;
                 }
             }
             let (mut get, mut raw_get, mut put, mut raw_set, mut cas) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
@@ -101,6 +102,7 @@ fn main() {
         println!("                   ratio {} (target >= 0.70x)", ratios(&ratio(4, 5)));
         println!("  RedisStore CAS (get + conditional put): {} ops/s", rates(&col(6)));
         println!("                   vs raw GET+SET ratio {} (target >= 0.70x)", ratios(&cas_ratio));
+        print_cpu();
 
         // Leave nothing behind.
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
@@ -109,6 +111,79 @@ fn main() {
             let _: i64 = redis::cmd("DEL").arg(chunk).query_async(&mut c).await.unwrap();
         }
     });
+}
+
+/// The Redis server's `/proc/<pid>/stat`, when it runs on this machine.
+static REDIS_STAT: OnceLock<Option<String>> = OnceLock::new();
+/// CPU time per operation of each measured part: (label, bench process µs, Redis µs).
+static CPU: Mutex<Vec<(&'static str, f64, f64)>> = Mutex::new(Vec::new());
+
+/// Finds the server's process through `INFO server` (only meaningful for a local server).
+async fn find_redis_process(conn: &mut redis::aio::MultiplexedConnection) {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .map(|p| p.trim().to_owned());
+    let stat = pid
+        .map(|p| format!("/proc/{p}/stat"))
+        .filter(|path| std::fs::metadata(path).is_ok());
+    REDIS_STAT.get_or_init(|| stat);
+}
+
+/// User + system CPU time of a process from its `stat` file, in µs.
+fn cpu_us(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports these in clock ticks of 100 Hz (USER_HZ).
+    Some(ticks as f64 * 10_000.0)
+}
+
+/// Runs `work` (which does `ops` operations) and records the CPU time it took per operation
+/// in this process and in the Redis server. Throughput on a shared 2-core machine moves with
+/// whatever else runs; CPU time per operation mostly does not, so it shows where the cost is.
+async fn cpu_span<T>(
+    label: &'static str,
+    ops: usize,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let redis = REDIS_STAT.get().cloned().flatten();
+    let before = (cpu_us("/proc/self/stat"), redis.as_deref().and_then(cpu_us));
+    let out = work.await;
+    let after = (cpu_us("/proc/self/stat"), redis.as_deref().and_then(cpu_us));
+    let per_op = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => (b - a) / ops as f64,
+        _ => f64::NAN,
+    };
+    if let Ok(mut log) = CPU.lock() {
+        log.push((label, per_op(before.0, after.0), per_op(before.1, after.1)));
+    }
+    out
+}
+
+fn print_cpu() {
+    let Ok(log) = CPU.lock() else { return };
+    let mut labels: Vec<&str> = log.iter().map(|(l, _, _)| *l).collect();
+    labels.dedup();
+    labels.sort();
+    labels.dedup();
+    if labels.is_empty() {
+        return;
+    }
+    println!(
+        "CPU time per operation, median of rounds (bench process + Redis server, us; 10 ms ticks):"
+    );
+    for label in labels {
+        let client: Vec<f64> = log.iter().filter(|e| e.0 == label).map(|e| e.1).collect();
+        let server: Vec<f64> = log.iter().filter(|e| e.0 == label).map(|e| e.2).collect();
+        let (c, r) = (median(&client), median(&server));
+        println!("  {label:<10}: {:>6.2} + {:>6.2} = {:>6.2}", c, r, c + r);
+    }
 }
 
 /// `"<median> (rounds: a, b, c)"` of rates.
@@ -150,7 +225,7 @@ async fn store_round(
 ) -> (f64, f64, f64, f64, f64) {
     let value = value.to_vec();
     let st = Arc::clone(store);
-    let get = rate(move |i| {
+    let get = rate("get", move |i| {
         let s = Arc::clone(&st);
         async move {
             s.get(&format!("k{}", i % (CLIENTS * 8))).await.unwrap();
@@ -158,7 +233,7 @@ async fn store_round(
     })
     .await;
     let (rc, pf) = (raw_conn.clone(), prefix.to_owned());
-    let raw_get = rate(move |i| {
+    let raw_get = rate("raw GET", move |i| {
         let (mut c, p) = (rc.clone(), pf.clone());
         async move {
             let _: Option<Vec<u8>> = redis::cmd("GET")
@@ -170,7 +245,7 @@ async fn store_round(
     })
     .await;
     let (st, val) = (Arc::clone(store), value.clone());
-    let put = rate(move |i| {
+    let put = rate("put", move |i| {
         let (s, v) = (Arc::clone(&st), val.clone());
         async move {
             s.put(&format!("k{}", i % (CLIENTS * 8)), v, PutOptions::new())
@@ -180,7 +255,7 @@ async fn store_round(
     })
     .await;
     let (rc, pf, val) = (raw_conn.clone(), prefix.to_owned(), value.clone());
-    let raw_set = rate(move |i| {
+    let raw_set = rate("raw SET", move |i| {
         let (mut c, p, v) = (rc.clone(), pf.clone(), val.clone());
         async move {
             let _: () = redis::cmd("SET")
@@ -194,7 +269,7 @@ async fn store_round(
     .await;
     // Compare-and-set on a key per client, so every CAS succeeds (a conflict is not work).
     let (st, val) = (Arc::clone(store), value.clone());
-    let cas = rate(move |i| {
+    let cas = rate("CAS", move |i| {
         let (s, v) = (Arc::clone(&st), val.clone());
         async move {
             let key = format!("cas{}", i % CLIENTS);
@@ -219,7 +294,15 @@ async fn store_round(
 }
 
 /// Operations per second of `op(i)` for `OPS` operations from `CLIENTS` concurrent tasks.
-async fn rate<F, Fut>(op: F) -> f64
+async fn rate<F, Fut>(label: &'static str, op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    cpu_span(label, OPS, rate_inner(op)).await
+}
+
+async fn rate_inner<F, Fut>(op: F) -> f64
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
