@@ -53,9 +53,10 @@ mod without_watch {
     );
 }
 
-/// Values written by the release that kept every version in field `ver` (and marked a key
-/// with a TTL with `t`) stay readable, and writes continue above their versions: an update
-/// without TTL makes such a key permanent.
+/// Values written by the release that kept each key in one hash (`v`, and the version in
+/// `ver`, with `t` marking a key with a TTL) are moved to the current layout at connect, with
+/// their versions and TTLs, and writes continue above their versions: an update without TTL
+/// makes such a key permanent.
 #[tokio::test]
 async fn values_in_the_earlier_layout_are_read_and_updated() {
     let Some(url) = url() else { return };
@@ -117,6 +118,28 @@ async fn values_in_the_earlier_layout_are_read_and_updated() {
         .expect("get")
         .expect("timed is there");
     assert_eq!((timed.value.as_ref(), timed.version), (&b"t"[..], 42));
+    let pttl_conn = raw.clone();
+    let pttl = |key: String| {
+        let mut raw = pttl_conn.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut raw)
+                .await
+                .expect("PTTL")
+        }
+    };
+    assert!(
+        pttl(format!("{base}v:timed")).await > 0,
+        "the move lost the TTL"
+    );
+    let old: i64 = redis::cmd("EXISTS")
+        .arg(format!("{base}kv:plain"))
+        .arg(format!("{base}kv:timed"))
+        .query_async(&mut raw)
+        .await
+        .expect("EXISTS");
+    assert_eq!(old, 0, "the earlier hashes are left behind");
 
     let v = store
         .put("plain", b"p2".to_vec(), PutOptions::new())
@@ -139,15 +162,13 @@ async fn values_in_the_earlier_layout_are_read_and_updated() {
         t > 42,
         "update of an earlier-layout key went back to version {t}"
     );
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("{base}kv:timed"))
-        .query_async(&mut raw)
-        .await
-        .expect("PTTL");
-    assert_eq!(
-        ttl, -1,
-        "an update without TTL left the earlier TTL on the key"
-    );
+    for part in ["n", "v"] {
+        assert_eq!(
+            pttl(format!("{base}{part}:timed")).await,
+            -1,
+            "an update without TTL left the earlier TTL on the key"
+        );
+    }
     let page = store.scan("", None, 10).await.expect("scan");
     let seen: Vec<(String, Vec<u8>, u64)> = page
         .items
@@ -175,19 +196,18 @@ async fn values_in_the_earlier_layout_are_read_and_updated() {
         .expect("re-create");
     assert!(again > v2, "re-created key got {again}, not above {v2}");
 
+    let keys = [
+        "ver", "n:plain", "v:plain", "n:timed", "v:timed", "idx", "exp", "layout",
+    ];
     let _: () = redis::cmd("DEL")
-        .arg(format!("{base}ver"))
-        .arg(format!("{base}kv:plain"))
-        .arg(format!("{base}kv:timed"))
-        .arg(format!("{base}idx"))
-        .arg(format!("{base}exp"))
+        .arg(keys.map(|k| format!("{base}{k}")).to_vec())
         .query_async(&mut raw)
         .await
         .expect("clean up");
 }
 
-/// Puts made at the same time share one script call; a key that cannot be written (it holds
-/// another Redis type) fails its own put with a clear error and no other.
+/// Puts made at the same time share one script call; a key that cannot be written (its
+/// version key holds another Redis type) fails its own put with a clear error and no other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
     let Some(url) = url() else { return };
@@ -198,12 +218,13 @@ async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let _: () = redis::cmd("SET")
-        .arg(format!("{base}kv:bad"))
-        .arg("not a hash")
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{base}n:bad"))
+        .arg("f")
+        .arg("not a version")
         .query_async(&mut raw)
         .await
-        .expect("plant a string");
+        .expect("plant a hash");
     let store = RedisStore::connect_with(RedisStoreConfig::new(&url).namespace(&ns))
         .await
         .expect("connect the store");
@@ -243,8 +264,10 @@ async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
         Some(64)
     );
 
-    let mut keys: Vec<String> = (0..32).map(|i| format!("{base}kv:good{i}")).collect();
-    keys.extend(["kv:bad", "ver", "idx", "exp"].map(|k| format!("{base}{k}")));
+    let mut keys: Vec<String> = (0..32)
+        .flat_map(|i| [format!("{base}n:good{i}"), format!("{base}v:good{i}")])
+        .collect();
+    keys.extend(["n:bad", "ver", "idx", "exp", "layout"].map(|k| format!("{base}{k}")));
     let _: () = redis::cmd("DEL")
         .arg(keys)
         .query_async(&mut raw)

@@ -9,12 +9,14 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `<prefix>:{ns}:kv:<key>` | hash | `v` (the value) and its version: in `n` for a key without TTL, in `ver` for a key with one; the key's TTL is the hash's |
+//! | `<prefix>:{ns}:n:<key>` | string | the key's version (digits; `t` and digits when the key has a TTL, which both its keys carry) |
+//! | `<prefix>:{ns}:v:<key>` | string | the key's value |
 //! | `<prefix>:{ns}:idx` | sorted set | every key, score 0, so `ZRANGEBYLEX` pages through a prefix in key order |
 //! | `<prefix>:{ns}:exp` | sorted set | keys with a TTL by expiry, so writes prune index entries of expired keys |
 //! | `<prefix>:{ns}:ver` | counter | a new key's first version; kept at or above every version of every key that was deleted or can expire, so a key's version grows even across delete, expiry and re-create |
 //! | `<prefix>:{ns}:lock:<name>` | string | the holder's fencing token, with the lock's TTL (`SET NX PX`) |
 //! | `<prefix>:{ns}:fence` | counter | fencing tokens (`INCR`): strictly increasing for every lock |
+//! | `<prefix>:{ns}:layout` | string | `2` once values of earlier releases (a hash per key) were moved to this layout, at connect |
 //! | channel `<prefix>:{ns}:watch` | pub/sub | every change, published by the writing script |
 //!
 //! # Why a sorted index and not `SCAN MATCH`
@@ -113,6 +115,53 @@ struct Scripts {
     lock: redis::Script,
     extend_lock: redis::Script,
     unlock: redis::Script,
+    migrate: redis::Script,
+}
+
+/// Moves a namespace's values from an earlier release's layout (one hash per key) to the
+/// current one, once: a marker key says it is done, so later connects cost one `GET`.
+/// Idempotent and safe to run from several processes at once.
+async fn migrate(shared: &Shared) -> Result<(), StoreError> {
+    const LAYOUT: &str = "2";
+    let marker = format!("{}layout", shared.base);
+    let marker = &marker;
+    let done: Option<String> = shared
+        .run("read the layout marker", |mut conn| async move {
+            redis::cmd("GET").arg(marker).query_async(&mut conn).await
+        })
+        .await?;
+    if done.as_deref() == Some(LAYOUT) {
+        return Ok(());
+    }
+    let script = &shared.scripts.migrate;
+    let base = &*shared.base;
+    let mut cursor = String::new();
+    loop {
+        let from = &cursor;
+        let next: String = shared
+            .run("move values to the current layout", |mut conn| async move {
+                script
+                    .key(base)
+                    .arg(from.as_str())
+                    .arg(500)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if next.is_empty() {
+            break;
+        }
+        cursor = next;
+    }
+    shared
+        .run("write the layout marker", |mut conn| async move {
+            redis::cmd("SET")
+                .arg(marker)
+                .arg(LAYOUT)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
 }
 
 /// A [`StateStore`] on Redis. See the [module docs](self) for the layout.
@@ -188,8 +237,10 @@ impl RedisStore {
                 lock: s(include_str!("lock.lua")),
                 extend_lock: s(include_str!("extend_lock.lua")),
                 unlock: s(include_str!("unlock.lua")),
+                migrate: s(include_str!("migrate.lua")),
             },
         });
+        migrate(&shared).await?;
         Ok(RedisStore {
             client,
             writer: writer::start(Arc::clone(&shared)),
@@ -251,16 +302,23 @@ impl Shared {
     }
 }
 
-/// The key of a value, `<base>kv:<key>`, written straight into the command buffer.
-struct KvKey<'a>(&'a str, &'a str);
+/// A key's Redis key, `<base><part><key>` (`n:` for its version, `v:` for its value),
+/// written straight into the command buffer.
+struct StoreKey<'a>(&'a str, &'static [u8], &'a str);
 
-impl redis::ToRedisArgs for KvKey<'_> {
+impl redis::ToRedisArgs for StoreKey<'_> {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
         let mut w = out.writer_for_next_arg();
         std::io::Write::write_all(&mut w, self.0.as_bytes()).ok();
-        std::io::Write::write_all(&mut w, b"kv:").ok();
-        std::io::Write::write_all(&mut w, self.1.as_bytes()).ok();
+        std::io::Write::write_all(&mut w, self.1).ok();
+        std::io::Write::write_all(&mut w, self.2.as_bytes()).ok();
     }
+}
+
+/// The version in an `n:<key>` string: digits, after a `t` when the key has a TTL.
+fn parse_version(s: &[u8]) -> Option<u64> {
+    let digits = s.strip_prefix(b"t").unwrap_or(s);
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Runs an `EVALSHA` command built by hand (one command buffer, rather than through
@@ -327,25 +385,32 @@ impl StateStore for RedisStore {
 
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         Self::check_key(key)?;
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(KvKey(&self.shared.base, key))
-            .arg("v")
-            .arg("n")
-            .arg("ver");
+        let base = &*self.shared.base;
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(StoreKey(base, b"n:", key))
+            .arg(StoreKey(base, b"v:", key));
         let cmd = &cmd;
-        let (v, n, ver): (Option<Vec<u8>>, Option<u64>, Option<u64>) = self
+        let (n, v): (Option<Vec<u8>>, Option<Vec<u8>>) = self
             .run(
                 "get",
                 |mut conn| async move { cmd.query_async(&mut conn).await },
             )
             .await?;
-        Ok(match (v, n.or(ver)) {
-            (Some(v), Some(version)) => Some(Versioned {
-                value: Bytes::from(v),
-                version,
-            }),
-            _ => None,
-        })
+        match (n, v) {
+            (Some(n), Some(v)) => {
+                let version = parse_version(&n).ok_or_else(|| {
+                    backend(format!(
+                        "the version of {key:?} in Redis is not a number: {:?}",
+                        String::from_utf8_lossy(&n)
+                    ))
+                })?;
+                Ok(Some(Versioned {
+                    value: Bytes::from(v),
+                    version,
+                }))
+            }
+            _ => Ok(None),
+        }
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, opts: PutOptions) -> Result<u64, StoreError> {

@@ -15,12 +15,12 @@ while found < limit do
   if #batch == 0 then break end
   for i, key in ipairs(batch) do
     if found >= limit then more = true; break end
-    local f = redis.call('HMGET', kv(key), 'v', 'n', 'ver')
-    local version = f[2] or f[3]
-    if version then
+    local f = redis.call('MGET', nkey(key), vkey(key))
+    local version = parse_version(f[1] or nil)
+    if version and f[2] then
       out[#out + 1] = key
-      out[#out + 1] = f[1]
-      out[#out + 1] = version
+      out[#out + 1] = f[2]
+      out[#out + 1] = digits(version)
       found = found + 1
       last = key
     else
