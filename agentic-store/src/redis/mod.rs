@@ -182,6 +182,7 @@ pub struct RedisStore {
     client: redis::Client,
     shared: Arc<Shared>,
     writer: tokio::sync::mpsc::Sender<writer::PutRequest>,
+    reader: tokio::sync::mpsc::Sender<writer::GetRequest>,
 }
 
 /// What the store's calls and its put batching task share.
@@ -244,6 +245,7 @@ impl RedisStore {
         Ok(RedisStore {
             client,
             writer: writer::start(Arc::clone(&shared)),
+            reader: writer::start_reader(Arc::clone(&shared)),
             shared,
         })
     }
@@ -385,18 +387,14 @@ impl StateStore for RedisStore {
 
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         Self::check_key(key)?;
-        let base = &*self.shared.base;
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(StoreKey(base, b"n:", key))
-            .arg(StoreKey(base, b"v:", key));
-        let cmd = &cmd;
-        let (n, v): (Option<Vec<u8>>, Option<Vec<u8>>) = self
-            .run(
-                "get",
-                |mut conn| async move { cmd.query_async(&mut conn).await },
-            )
-            .await?;
-        match (n, v) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = writer::GetRequest {
+            key: key.to_owned(),
+            reply,
+        };
+        let stopped = || backend("the store's get task has stopped".to_owned());
+        self.reader.send(request).await.map_err(|_| stopped())?;
+        match answer.await.map_err(|_| stopped())?? {
             (Some(n), Some(v)) => {
                 let version = parse_version(&n).ok_or_else(|| {
                     backend(format!(

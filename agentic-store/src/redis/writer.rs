@@ -1,5 +1,5 @@
-//! Batching of puts: the puts that callers make at the same time go to Redis as one run of
-//! the put script.
+//! Batching: the puts that callers make at the same time go to Redis as one run of the put
+//! script, and the gets as one `MGET`.
 //!
 //! A Lua script costs Redis several times what a plain command does (the call into Lua, the
 //! `KEYS`/`ARGV` tables, and every `redis.call` inside it), and that cost, not the network,
@@ -48,6 +48,9 @@ pub(super) fn start(shared: Arc<Shared>) -> mpsc::Sender<PutRequest> {
 async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<PutRequest>) {
     // While a call runs, puts gather in the queue, and the next call takes them all.
     while let Some(first) = rx.recv().await {
+        // Let the callers the last call just answered run first: most of them put again at
+        // once, and they join this call instead of waiting for the next.
+        tokio::task::yield_now().await;
         let mut bytes = first.value.len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
@@ -125,6 +128,90 @@ async fn put_batch(shared: &Shared, batch: Vec<PutRequest>) {
             };
             for put in batch {
                 put.reply
+                    .send(Err(StoreError::Backend {
+                        message: message.clone(),
+                        retryable,
+                        source: None,
+                    }))
+                    .ok();
+            }
+        }
+    }
+}
+
+/// A key's version and value strings as Redis holds them (`None`: absent).
+pub(super) type RawEntry = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// One caller's get.
+pub(super) struct GetRequest {
+    pub(super) key: String,
+    pub(super) reply: oneshot::Sender<Result<RawEntry, StoreError>>,
+}
+
+/// Starts the task that batches gets: the gets waiting when it runs go out as one `MGET`
+/// (no script), one call at a time, like puts. Ends when every sender is dropped.
+pub(super) fn start_reader(shared: Arc<Shared>) -> mpsc::Sender<GetRequest> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(read(shared, rx));
+    tx
+}
+
+/// Gets per `MGET`, at most.
+const MAX_READ_BATCH: usize = 256;
+
+async fn read(shared: Arc<Shared>, mut rx: mpsc::Receiver<GetRequest>) {
+    while let Some(first) = rx.recv().await {
+        tokio::task::yield_now().await;
+        let mut batch = vec![first];
+        while batch.len() < MAX_READ_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        get_batch(&shared, batch).await;
+    }
+}
+
+async fn get_batch(shared: &Shared, batch: Vec<GetRequest>) {
+    let mut cmd = redis::cmd("MGET");
+    for get in &batch {
+        cmd.arg(StoreKey(&shared.base, b"n:", &get.key))
+            .arg(StoreKey(&shared.base, b"v:", &get.key));
+    }
+    let cmd = &cmd;
+    let reply: Result<Vec<Option<Vec<u8>>>, StoreError> = shared
+        .run("get", |mut conn: ConnectionManager| async move {
+            cmd.query_async(&mut conn).await
+        })
+        .await;
+    match reply {
+        Ok(items) if items.len() == 2 * batch.len() => {
+            let mut items = items.into_iter();
+            for get in batch {
+                let pair = (items.next().flatten(), items.next().flatten());
+                get.reply.send(Ok(pair)).ok();
+            }
+        }
+        Ok(items) => {
+            let message = format!(
+                "Redis answered {} values to an MGET of {} keys",
+                items.len(),
+                2 * batch.len()
+            );
+            for get in batch {
+                get.reply.send(Err(super::backend(message.clone()))).ok();
+            }
+        }
+        Err(e) => {
+            let (message, retryable) = match &e {
+                StoreError::Backend {
+                    message, retryable, ..
+                } => (message.clone(), *retryable),
+                other => (other.to_string(), false),
+            };
+            for get in batch {
+                get.reply
                     .send(Err(StoreError::Backend {
                         message: message.clone(),
                         retryable,
