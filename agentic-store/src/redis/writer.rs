@@ -8,9 +8,9 @@
 //! or [`MAX_BATCH_BYTES`] of values) and runs them in one script call, one call at a time. A
 //! lone put goes out at once; under load, the puts that gather while a call runs share the
 //! next one instead of queueing behind each other. (One call at a time makes the batches
-//! larger than two would: from 16 busy callers about 7 puts per call against about 4 (10 with the yield below), and Redis
-//! spends less per put.) Each put is still atomic on its own and gets its own result (version,
-//! conflict, or error).
+//! larger than two would: from 16 busy callers about 7 puts per call against about 4, and 10
+//! with the yield in [`run`]; Redis spends less per put.) Each put is still atomic on its own
+//! and gets its own result (version, conflict, or error).
 
 use std::sync::Arc;
 
