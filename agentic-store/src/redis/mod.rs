@@ -175,8 +175,10 @@ async fn migrate(shared: &Shared) -> Result<(), StoreError> {
 /// | persistence | whatever the server is configured for |
 /// | fencing | yes, tokens from one `INCR` counter per namespace |
 ///
-/// Puts that callers make at the same time share one script call (see [`writer`]); a
-/// lone put goes out at once.
+/// Puts that callers make at the same time share one script call, and gets one `MGET`
+/// (see [`writer`]); a lone call goes out at once. Two small tasks do that batching on the
+/// Tokio runtime the store was connected on, so use the store on that runtime: if it shuts
+/// down, calls fail with a (non-retryable) backend error saying the task stopped.
 #[derive(Clone)]
 pub struct RedisStore {
     client: redis::Client,
