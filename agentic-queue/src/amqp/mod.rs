@@ -20,7 +20,7 @@
 //! | operation | AMQP |
 //! |---|---|
 //! | `enqueue` | `basic.publish` (persistent, mandatory) on a confirm channel; returns once the broker confirmed every message |
-//! | `dequeue` | one consumer per queue and process (`basic.qos` prefetch: configured, or what the process asks for and holds when the consumer starts); deliveries wait in a local buffer until a `dequeue` takes them, and go back (copy, then ack: no attempt counted) if they wait until near the broker's `consumer_timeout` |
+//! | `dequeue` | one consumer per queue and process (`basic.qos` prefetch: configured, 64 by default; experimentally derived from what the process asks for and holds); deliveries wait in a local buffer until a `dequeue` takes them, and go back (copy, then ack: no attempt counted) if they wait until near the broker's `consumer_timeout` |
 //! | lease | the unacked delivery, plus a local expiry: an expired lease is `basic.nack`ed with requeue (or dead-lettered on its last attempt) |
 //! | long lease | before the broker's `consumer_timeout` would close the channel, the lease is parked: a copy with a TTL, then ack (see `lease.rs`) |
 //! | fencing | a lease is valid only while its delivery is unacked on the channel that received it; the token is `(epoch, attempt)` in the high bits and a per-process delivery number in the low ones |
@@ -62,8 +62,8 @@ use futures::StreamExt;
 use lapin::Acker;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
-    QueuePurgeOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicQosOptions, QueuePurgeOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use tokio::sync::Notify;
@@ -105,14 +105,17 @@ pub struct AmqpQueueConfig {
     pub dedupe_window: Duration,
     /// Most deliveries unacked on this process's consumer of one queue (`basic.qos`):
     /// the leases being worked on plus those waiting in the local buffer for a
-    /// `dequeue`. `None` (the default) derives it from the callers: the consumer is
-    /// started with a prefetch equal to the jobs this process asks for and holds on that
-    /// queue when it starts (the `max` of the `dequeue` calls in progress plus the leases
-    /// held; a [worker](https://docs.rs/agentic-core) asks for its free concurrency, so
-    /// this is its concurrency); a consumer started again (after a reconnect) takes the
-    /// largest figure seen so far. Then the buffer holds at most what the workers can take as their
-    /// running jobs finish. `Some(n)` fixes it, e.g. with
-    /// [`AmqpQueueConfig::prefetch_for_concurrency`]. A larger prefetch keeps jobs
+    /// `dequeue`. `Some(64)` by default; size it with
+    /// [`AmqpQueueConfig::prefetch_for_concurrency`] to the jobs this process runs at a
+    /// time from the queue, so the buffer holds at most what the workers can take as
+    /// their running jobs finish. `None` (experimental, not the default) derives it from
+    /// the callers: the consumer is started with a prefetch equal to the jobs this
+    /// process asks for and holds on that queue (the `max` of the `dequeue` calls in
+    /// progress plus the leases held; a [worker](https://docs.rs/agentic-core) asks for
+    /// its free concurrency, so this is its concurrency), and restarted on its channel
+    /// with a larger one when that grows. In some test runs under load such a restart
+    /// lost the leases of the channel (`LeaseLost`, the jobs delivered again), which is
+    /// why it is not the default yet. A larger prefetch keeps jobs
     /// waiting in this process that idle processes could run, and every buffered
     /// delivery costs its job an attempt if the connection is lost. Buffered deliveries
     /// that near the broker's consumer timeout are handed back without costing an
@@ -201,7 +204,7 @@ impl AmqpQueueConfig {
             max_payload_bytes: 8 * 1024 * 1024,
             dedupe: false,
             dedupe_window: Duration::from_secs(600),
-            prefetch: None,
+            prefetch: Some(64),
             delivery_limit: 50,
             consumer_timeout: Duration::from_secs(30 * 60),
             consumer_timeout_argument: false,
@@ -336,6 +339,8 @@ struct QueueState {
 
 struct ConsumerRun {
     channel: lapin::Channel,
+    /// The broker's name of the consumer, to cancel it.
+    tag: ShortString,
     /// Its `basic.qos` prefetch.
     prefetch: u16,
     task: JoinHandle<()>,
@@ -621,24 +626,22 @@ impl Inner {
             .max(1)
     }
 
-    /// Starts the queue's consumer unless it runs, with the prefetch known at that
-    /// moment (see [`AmqpQueueConfig::prefetch`]).
-    ///
-    /// A running consumer keeps its prefetch: raising it means a new consumer (`basic.qos`
-    /// applies to consumers started after it; the per-channel `global = true` is refused
-    /// by quorum queues). Cancelling the consumer and consuming again on the same channel
-    /// was tried, and in some runs the channel's deliveries were lost with it (leases
-    /// answered `LeaseLost`), so a larger derived prefetch waits for the next start of the
-    /// consumer (after a reconnect).
+    /// Starts the queue's consumer unless it runs, and restarts it with a larger prefetch
+    /// when the derived one grew.
     async fn ensure_consumer(&self, state: &Arc<QueueState>) -> Result<(), QueueError> {
-        if state.running_prefetch().is_some() {
+        if state
+            .running_prefetch()
+            .is_some_and(|p| p >= self.prefetch_for(state))
+        {
             return Ok(());
         }
         let _starting = state.starting.lock().await;
-        if state.running_prefetch().is_some() {
+        let prefetch = self.prefetch_for(state);
+        if let Some(running) = state.running_prefetch()
+            && (running >= prefetch || self.raise_prefetch(state, prefetch).await?)
+        {
             return Ok(());
         }
-        let prefetch = self.prefetch_for(state);
         state.stop_consumer();
         // Deliveries of the old channel went back to the queue with it.
         lock(&state.buffer).retain(|(_, d)| d.acker.usable());
@@ -688,15 +691,89 @@ impl Inner {
             )
             .await
             .map_err(|e| map_err("start a consumer", e))?;
+        let tag = consumer.tag();
         let task = tokio::spawn(consume(Arc::downgrade(state), consumer));
         *lock(&state.consumer) = Some(ConsumerRun {
             channel,
+            tag,
             prefetch,
             task,
             primed_until: Instant::now() + PRIMING,
             primed_total,
         });
         Ok(())
+    }
+
+    /// Replaces the running consumer by one with a larger prefetch, on the same channel.
+    ///
+    /// A live consumer's prefetch cannot be raised (`basic.qos` with `global = false`
+    /// applies to consumers started after it; the per-channel `global = true` is refused
+    /// by quorum queues), so the consumer is cancelled and started again. The channel
+    /// stays open: what it delivered stays unacked on it, so the leases and the buffer
+    /// keep their deliveries (no attempt counted, nothing redelivered). The old
+    /// consumer's task ends once the broker confirmed the cancel, after every delivery
+    /// sent before it reached the buffer; only then does the new consumer start, so
+    /// arrival order is kept. False when the old consumer could not be cancelled
+    /// cleanly: the caller then starts over on a new channel.
+    async fn raise_prefetch(
+        &self,
+        state: &Arc<QueueState>,
+        prefetch: u16,
+    ) -> Result<bool, QueueError> {
+        // Taken out: whoever looks meanwhile finds no consumer and waits for `starting`,
+        // which the caller holds.
+        let Some(run) = lock(&state.consumer).take() else {
+            return Ok(false);
+        };
+        let ConsumerRun {
+            channel,
+            tag,
+            mut task,
+            ..
+        } = run;
+        let give_up = |task: JoinHandle<()>, channel: lapin::Channel| {
+            close_consumer(channel, task, "consumer restarted");
+            false
+        };
+        if let Err(e) = channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+        {
+            tracing::warn!(queue = %state.names.queue, error = %e, "could not cancel the consumer to raise its prefetch; starting over");
+            return Ok(give_up(task, channel));
+        }
+        if tokio::time::timeout(self.config.confirm_timeout, &mut task)
+            .await
+            .is_err()
+            || !channel.status().connected()
+        {
+            tracing::warn!(queue = %state.names.queue, "the cancelled consumer did not end cleanly; starting over");
+            return Ok(give_up(task, channel));
+        }
+        // Like a fresh consumer, the new one is sent a burst of what is ready (up to its
+        // credit): a `dequeue` waits briefly for it rather than return a short batch.
+        let backlog = match self.connector.get().await {
+            Ok(link) => link
+                .declare(&state.names.work_spec(), &self.config)
+                .await
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        let primed_total =
+            state.received.load(Ordering::Acquire) + u64::from(backlog.min(u32::from(prefetch)));
+        match self
+            .consume_on(state, channel.clone(), prefetch, primed_total)
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(queue = %state.names.queue, prefetch, "consumer restarted with a larger prefetch");
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = channel.close(200, "consumer restarted".into()).await;
+                Err(e)
+            }
+        }
     }
 
     /// Takes up to `max` deliveries from the buffer and turns them into leases.
