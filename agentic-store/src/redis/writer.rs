@@ -5,12 +5,12 @@
 //! `KEYS`/`ARGV` tables, and every `redis.call` inside it), and that cost, not the network,
 //! is what limits a versioned put. So every [`RedisStore::put`](super::RedisStore) hands its
 //! put to one task per store, which takes whatever puts are waiting (up to [`MAX_BATCH`] puts
-//! or [`MAX_BATCH_BYTES`] of values) and runs them in one script call, one call at a time. A
-//! lone put goes out at once; under load, the puts that gather while a call runs share the
-//! next one instead of queueing behind each other. (One call at a time makes the batches
-//! larger than two would: from 16 busy callers about 7 puts per call against about 4, and 10
-//! with the yield in [`run`]; Redis spends less per put.) Each put is still atomic on its own
-//! and gets its own result (version, conflict, or error).
+//! or [`MAX_BATCH_BYTES`] of values) and runs them in one script call, with at most
+//! [`IN_FLIGHT`] calls outstanding. A lone put goes out at once; under load, the puts that
+//! gather while calls run share the next one instead of queueing behind each other (about 7
+//! per call from 16 busy callers). Each put is still atomic on its own and gets its own result
+//! (version, conflict, or error). Gets are batched the same way into one `MGET`, one call at a
+//! time.
 
 use std::sync::Arc;
 
@@ -25,6 +25,10 @@ use crate::{Expect, StoreError};
 pub(super) const MAX_BATCH: usize = 64;
 /// Value bytes after which a call takes no more puts (the put that crosses it still goes).
 pub(super) const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Put calls outstanding at once. Two let Redis run one batch while the client answers the
+/// last and gathers the next (quiet machine, 16 busy callers: 0.50x of raw `SET` with one,
+/// 0.60x with two, 0.63x with four but with a wider spread).
+const IN_FLIGHT: usize = 2;
 /// Puts waiting for a call, at most; callers wait for room beyond that.
 const QUEUE: usize = 4096;
 
@@ -46,8 +50,15 @@ pub(super) fn start(shared: Arc<Shared>) -> mpsc::Sender<PutRequest> {
 }
 
 async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<PutRequest>) {
-    // While a call runs, puts gather in the queue, and the next call takes them all.
-    while let Some(first) = rx.recv().await {
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    // While every slot is busy, puts gather in the queue, and the next call takes them all.
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
         // Let the callers the last call just answered run first: most of them put again at
         // once, and they join this call instead of waiting for the next.
         tokio::task::yield_now().await;
@@ -62,7 +73,11 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<PutRequest>) {
                 Err(_) => break,
             }
         }
-        put_batch(&shared, batch).await;
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            put_batch(&shared, batch).await;
+            drop(slot);
+        });
     }
 }
 
