@@ -135,22 +135,26 @@ async fn put_batch(shared: &Shared, batch: Vec<PutRequest>) {
         Err(e) => {
             // One error for the whole call (connection, timeout, a server refusing scripts):
             // every put in it gets it, with the same retryability.
-            let (message, retryable) = match &e {
-                StoreError::Backend {
-                    message, retryable, ..
-                } => (message.clone(), *retryable),
-                other => (other.to_string(), false),
-            };
             for put in batch {
-                put.reply
-                    .send(Err(StoreError::Backend {
-                        message: message.clone(),
-                        retryable,
-                        source: None,
-                    }))
-                    .ok();
+                put.reply.send(Err(copy_error(&e))).ok();
             }
         }
+    }
+}
+
+/// The error of a whole call, once per caller in it (`StoreError` is not `Clone`, so the
+/// copies carry its message and retryability, not its source).
+fn copy_error(e: &StoreError) -> StoreError {
+    let (message, retryable) = match e {
+        StoreError::Backend {
+            message, retryable, ..
+        } => (message.clone(), *retryable),
+        other => (other.to_string(), false),
+    };
+    StoreError::Backend {
+        message,
+        retryable,
+        source: None,
     }
 }
 
@@ -219,20 +223,8 @@ async fn get_batch(shared: &Shared, batch: Vec<GetRequest>) {
             }
         }
         Err(e) => {
-            let (message, retryable) = match &e {
-                StoreError::Backend {
-                    message, retryable, ..
-                } => (message.clone(), *retryable),
-                other => (other.to_string(), false),
-            };
             for get in batch {
-                get.reply
-                    .send(Err(StoreError::Backend {
-                        message: message.clone(),
-                        retryable,
-                        source: None,
-                    }))
-                    .ok();
+                get.reply.send(Err(copy_error(&e))).ok();
             }
         }
     }
