@@ -452,14 +452,15 @@ async fn run_task(
 
     // Claim the task. A record still `Running` means the previous run's worker stopped
     // heartbeating (it died or stalled past its lease): that run counts as a failure, when
-    // this delivery is that run's job coming back. A *first* delivery of another job for
-    // the running task is a duplicate (an orchestrator that took the goal over re-enqueued
-    // it after the queue's dedupe window had passed): it must not take the task over.
+    // this delivery is that run's job coming back. A delivery of another job for the running
+    // task, first or repeated, is a duplicate (an orchestrator that took the goal over
+    // re-enqueued it after the queue's dedupe window had passed, or on a queue without
+    // dedupe): it must not take the task over. If the run's own worker died, its own job
+    // comes back when its lease expires, and that takes over.
     let max_attempts = env.retry.max_attempts.max(1);
     let worker_name = &inner.config.name;
     let job_id = lease.job_id.as_str();
-    let duplicate =
-        |r: &TaskRecord| delivery.attempt <= 1 && r.job.as_deref().is_some_and(|j| j != job_id);
+    let duplicate = |r: &TaskRecord| r.job.as_deref().is_some_and(|j| j != job_id);
     let claimed = records::modify::<TaskRecord, _>(store, &task_key, |r| match r.state {
         TaskState::Queued => {
             r.state = TaskState::Running;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentic_core::prelude::*;
-use agentic_core::queue::{NewJob, TaskQueue};
+use agentic_core::queue::{NewJob, Retry, TaskQueue};
 use agentic_core::{Event, EventKind, JsonlSink, OrchestratorConfig, TaskId, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -685,6 +685,69 @@ async fn a_duplicate_job_of_a_running_task_does_not_take_it_over() {
         (0, 0, 0),
         "the duplicate was acked, not dead-lettered"
     );
+}
+
+/// The same, when the duplicate comes back for a second delivery (the first worker to take it
+/// died before it could look at the task): still not the running task's job, so it is
+/// dropped, not counted as the run's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_duplicate_job_of_a_running_task_does_not_take_it_over() {
+    let (parts, _rec) = setup();
+    let orchestrator = Orchestrator::start(parts.clone());
+    let gate = Gate::default();
+    // The gate agent runs one task at a time, so this worker takes nothing more while the
+    // run is in progress.
+    let _worker = Worker::builder(parts.clone()).agent(gate.clone()).start();
+    let plan = Plan::builder("dup2")
+        .task(TaskSpec::new("t", "gate").retry(fast_retry(3)))
+        .build()
+        .unwrap();
+    let goal = orchestrator.submit(plan).await.unwrap();
+    eventually("the run to start", || async {
+        gate.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let envelope =
+        json!({ "goal": goal.as_str(), "task": "t", "capability": "gate", "tenant": "default" });
+    let queue = "agentic.task.gate";
+    parts
+        .queue
+        .enqueue(queue, NewJob::new(serde_json::to_vec(&envelope).unwrap()))
+        .await
+        .unwrap();
+    // A worker that takes the duplicate and dies: its delivery ends without an ack.
+    let taken = parts
+        .queue
+        .dequeue(queue, 1, Duration::from_secs(30), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    parts
+        .queue
+        .nack(&taken[0].lease, Retry::After(Duration::ZERO), "worker died")
+        .await
+        .unwrap();
+    // Another worker gets its second delivery.
+    let _second = Worker::builder(parts.clone()).agent(gate.clone()).start();
+    eventually("the duplicate to be taken off the queue", || async {
+        let stats = parts.queue.stats(queue).await.unwrap();
+        stats.ready == 0 && stats.leased == 1
+    })
+    .await;
+    gate.open();
+    let result = tokio::time::timeout(WAIT, orchestrator.wait(&goal))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.status, GoalStatus::Completed);
+    assert_eq!(
+        gate.started.load(Ordering::SeqCst),
+        1,
+        "the duplicate started a run"
+    );
+    assert!(result.errors.is_empty(), "{:?}", result.errors);
+    let stats = parts.queue.stats(queue).await.unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.dead), (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
