@@ -253,6 +253,9 @@ async fn a_busy_loop_is_stopped_by_cpu_time_and_by_the_wall_clock() {
     .unwrap();
     assert_eq!(outcome.termination, Termination::CpuLimit, "{outcome:?}");
 
+    // Without a CPU limit in the request the default one applies (never none), but it is
+    // the wall time times the CPUs plus a second (here at least 1.7 s against 0.7 s of wall
+    // time): the wall clock is what stops the loop.
     let outcome = spin(Limits {
         cpu_time: None,
         wall_time: Duration::from_millis(700),
@@ -261,6 +264,7 @@ async fn a_busy_loop_is_stopped_by_cpu_time_and_by_the_wall_clock() {
     .await
     .unwrap();
     assert_eq!(outcome.termination, Termination::Timeout);
+    assert!(enforces(&outcome, "rlimit_cpu"), "{outcome:?}");
 }
 
 #[tokio::test]

@@ -285,6 +285,137 @@ async fn file_size_is_limited() {
     }
 }
 
+/// The host's hard limit for `name` (a line of `/proc/self/limits`, e.g. "Max processes"),
+/// `u64::MAX` when unlimited: the sandbox lowers its defaults to it.
+fn host_hard_limit(name: &str) -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} in {limits}"));
+    let hard = line[name.len()..].split_whitespace().nth(1).unwrap();
+    if hard == "unlimited" {
+        u64::MAX
+    } else {
+        hard.parse().unwrap()
+    }
+}
+
+/// The guest's `(soft, hard)` rlimits, as it sees them: CPU, address space, file size,
+/// processes (`None`: unlimited).
+async fn guest_rlimits(sandbox: &ProcessSandbox, limits: Limits) -> (ExecOutcome, Vec<String>) {
+    let outcome = sandbox
+        .execute(
+            ExecRequest::command("/usr/bin/python3")
+                .arg("-c")
+                .arg(
+                    "import resource as r\n\
+                     for n in ('CPU', 'AS', 'FSIZE', 'NPROC'):\n    \
+                     print(n, *('none' if v == r.RLIM_INFINITY else v \
+                     for v in r.getrlimit(getattr(r, 'RLIMIT_' + n))))",
+                )
+                .limits(limits),
+        )
+        .await
+        .unwrap();
+    assert!(outcome.success(), "{}", outcome.stderr_text());
+    let lines = outcome.stdout_text().lines().map(str::to_owned).collect();
+    (outcome, lines)
+}
+
+#[tokio::test]
+async fn limits_left_none_get_bounded_defaults() {
+    // The crate's promise: `None` is the backend's default, never unlimited.
+    let none = Limits {
+        cpu_time: None,
+        memory_bytes: None,
+        file_size_bytes: None,
+        max_processes: None,
+        wall_time: Duration::from_secs(3),
+        ..Limits::default()
+    };
+    let (outcome, lines) = guest_rlimits(&sandbox(), none).await;
+    let cpus = u64::try_from(std::thread::available_parallelism().unwrap().get()).unwrap();
+    // 3 s of wall time on every CPU, plus 1 s; the hard limit one second above.
+    let cpu = (3 * cpus + 1).min(host_hard_limit("Max cpu time").saturating_sub(1));
+    let memory = (32u64 << 30).min(host_hard_limit("Max address space"));
+    let file_size = (4u64 << 30).min(host_hard_limit("Max file size"));
+    let processes = 1024u64.min(host_hard_limit("Max processes"));
+    assert_eq!(
+        lines,
+        [
+            format!("CPU {cpu} {}", cpu + 1),
+            format!("AS {memory} {memory}"),
+            format!("FSIZE {file_size} {file_size}"),
+            format!("NPROC {processes} {processes}"),
+        ],
+        "{outcome:?}"
+    );
+    for p in ["rlimit_cpu", "rlimit_as", "rlimit_fsize", "rlimit_nproc"] {
+        assert!(outcome.enforced.iter().any(|e| e == p), "{p}: {outcome:?}");
+    }
+    assert_eq!(
+        agentic_sandbox::process::DefaultLimits::MEMORY_BYTES,
+        32 << 30
+    );
+}
+
+#[tokio::test]
+async fn the_defaults_are_configurable_and_enforced() {
+    let mut config = ProcessSandboxConfig::default();
+    config.default_limits.memory_bytes = 2 << 30;
+    config.default_limits.file_size_bytes = 1024 * 1024;
+    config.default_limits.max_processes = 77;
+    let sandbox = ProcessSandbox::new(config).unwrap();
+    let none = Limits {
+        cpu_time: None,
+        memory_bytes: None,
+        file_size_bytes: None,
+        max_processes: None,
+        ..limits()
+    };
+    let (outcome, lines) = guest_rlimits(&sandbox, none).await;
+    let memory = (2u64 << 30).min(host_hard_limit("Max address space"));
+    let file_size = (1u64 << 20).min(host_hard_limit("Max file size"));
+    let processes = 77u64.min(host_hard_limit("Max processes"));
+    assert_eq!(
+        lines[1..],
+        [
+            format!("AS {memory} {memory}"),
+            format!("FSIZE {file_size} {file_size}"),
+            format!("NPROC {processes} {processes}"),
+        ],
+        "{outcome:?}"
+    );
+
+    // The file-size default stops a write past it, as an explicit limit does.
+    let outcome = sandbox
+        .execute(
+            ExecRequest::command("truncate")
+                .arg("-s")
+                .arg("10M")
+                .arg("big")
+                .limits(none),
+        )
+        .await
+        .unwrap();
+    match &outcome.termination {
+        Termination::Trap { message } => assert!(message.contains("SIGXFSZ"), "{message}"),
+        other => panic!("expected SIGXFSZ from the default file size, got {other:?}"),
+    }
+
+    // A limit the request sets wins over the default.
+    let (outcome, lines) = guest_rlimits(
+        &sandbox,
+        Limits {
+            max_processes: Some(50),
+            ..none
+        },
+    )
+    .await;
+    assert_eq!(lines[3], "NPROC 50 50", "{outcome:?}");
+}
+
 #[tokio::test]
 async fn output_past_the_limit_stops_the_command_and_keeps_what_fit() {
     let outcome = sandbox()

@@ -18,10 +18,10 @@
 //!
 //! | Resource | Mechanism | Outcome when hit | `enforced` entry |
 //! |---|---|---|---|
-//! | CPU time | `RLIMIT_CPU` from [`Limits::cpu_time`] (per process) | [`Termination::CpuLimit`] (`SIGXCPU`) | `rlimit_cpu` |
-//! | Memory | `RLIMIT_AS` from [`Limits::memory_bytes`] (address space, per process) | allocations fail; [`Termination::OutOfMemory`] when the failure is attributed to memory (below) | `rlimit_as` |
-//! | File size | `RLIMIT_FSIZE` from [`Limits::file_size_bytes`] | [`Termination::Trap`] (`SIGXFSZ`) | `rlimit_fsize` |
-//! | Processes | `RLIMIT_NPROC` from [`Limits::max_processes`] (per user; not for root, hence the drop below) | `fork` fails in the guest | `rlimit_nproc` |
+//! | CPU time | `RLIMIT_CPU` from [`Limits::cpu_time`] (per process); `None`: wall time × available CPUs + 1 s | [`Termination::CpuLimit`] (`SIGXCPU`) | `rlimit_cpu` |
+//! | Memory | `RLIMIT_AS` from [`Limits::memory_bytes`] (address space, per process); `None`: 32 GiB | allocations fail; [`Termination::OutOfMemory`] when the failure is attributed to memory (below) | `rlimit_as` |
+//! | File size | `RLIMIT_FSIZE` from [`Limits::file_size_bytes`]; `None`: 4 GiB | [`Termination::Trap`] (`SIGXFSZ`) | `rlimit_fsize` |
+//! | Processes | `RLIMIT_NPROC` from [`Limits::max_processes`] (per user, threads included; not for root, hence the drop below); `None`: 1024 | `fork` fails in the guest | `rlimit_nproc` |
 //! | Wall-clock time | a host timer; the init kills the whole PID namespace, then the host the process group | [`Termination::Timeout`] | `pidns`, `process_group` |
 //! | Output | stdout and stderr each kept up to [`Limits::output_bytes`]; past it, as for the wall clock | [`Termination::OutputLimit`] | — |
 //! | Leftovers | when the program exits, every process it started is killed, `setsid` or not (PID namespace); without one, its process group | — | `pidns`, `process_group` |
@@ -30,6 +30,13 @@
 //! | Files | Landlock: read/execute only [`ProcessSandboxConfig::read_paths`], the program and the init; write only the working directory and a read-write [`Mount`] | `EACCES` in the guest | `landlock_fs` |
 //! | TCP, signals | Landlock (ABI 4 and 6): no TCP bind/connect; no signals or abstract sockets outside the sandbox | `EACCES`/`EPERM` | `landlock_net`, `landlock_scope` |
 //! | Environment | exactly [`ExecRequest::env`], plus `PATH`, `HOME` and `TMPDIR` when it does not set them | — | `scrubbed_env` |
+//!
+//! The four rlimits are set for every run: a [`Limits`] field left `None` gets the sandbox's
+//! default ([`ProcessSandboxConfig::default_limits`], see [`DefaultLimits`]), never "no
+//! limit", and the `rlimit_*` entry is there either way. The CPU default lets a process keep
+//! every available CPU busy for the whole wall time, so the wall clock, not it, stops such a
+//! run ([`Termination::Timeout`]). Only a guest kept as root
+//! ([`ProcessSandboxConfig::run_as`] `None`) has no `rlimit_nproc`: the kernel exempts root.
 //!
 //! Isolation is best effort where the kernel decides: each outcome's
 //! [`ExecOutcome::enforced`] lists what actually held for that run, and
@@ -63,6 +70,7 @@
 //! network namespace, the rlimits and Landlock; and usage then covers only processes reaped
 //! before the program ended.
 //!
+//! [`Limits`]: crate::Limits
 //! [`Limits::cpu_time`]: crate::Limits::cpu_time
 //! [`Limits::memory_bytes`]: crate::Limits::memory_bytes
 //! [`Limits::file_size_bytes`]: crate::Limits::file_size_bytes
@@ -84,7 +92,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use self::confine::Rules;
 use self::init::{Report, Usage};
-use self::launch::{Identity, Namespaces};
+use self::launch::{Identity, Namespaces, Rlimits};
 use crate::{
     ExecOutcome, ExecRequest, Mount, MountMode, Program, ResourceUsage, Sandbox,
     SandboxCapabilities, SandboxError, Termination,
@@ -129,6 +137,83 @@ pub struct ProcessSandboxConfig {
     /// executing files. `None`: `$XDG_RUNTIME_DIR/agentic-sandbox`, else
     /// `<temp dir>/agentic-sandbox-<uid>`. Set it when the temporary directory is `noexec`.
     pub init_dir: Option<PathBuf>,
+    /// The address-space, file-size and process limits of a run whose [`Limits`] leave them
+    /// `None` (the CPU-time default follows from the wall time, see [`DefaultLimits`]).
+    ///
+    /// [`Limits`]: crate::Limits
+    pub default_limits: DefaultLimits,
+}
+
+/// The rlimits a run gets for the [`Limits`] fields it leaves `None`: `None` means these,
+/// never "no limit". They are meant to let native tools work unhindered (`cargo test`, a
+/// compiler, `python3 -m pytest`, Node, a JVM) while still bounding a runaway guest; a caller
+/// that knows its workload sets [`Limits`] instead.
+///
+/// | [`Limits`] field | rlimit | default |
+/// |---|---|---|
+/// | `cpu_time` | `RLIMIT_CPU` | the wall time × the CPUs available to the host process ([`std::thread::available_parallelism`]) + 1 s, rounded up to whole seconds |
+/// | `memory_bytes` | `RLIMIT_AS` | [`memory_bytes`](Self::memory_bytes): 32 GiB |
+/// | `file_size_bytes` | `RLIMIT_FSIZE` | [`file_size_bytes`](Self::file_size_bytes): 4 GiB |
+/// | `max_processes` | `RLIMIT_NPROC` | [`max_processes`](Self::max_processes): 1024 |
+///
+/// `RLIMIT_CPU` counts the threads of a process together, hence the CPUs in its default: a
+/// compiler busy on every CPU for the whole run is stopped by the wall clock
+/// ([`Termination::Timeout`]), not by this default. A default above the host process's own
+/// hard limit is lowered to that limit (the guest could not be given more). A value of
+/// `u64::MAX` (`RLIM_INFINITY`), here or in [`Limits`], is no limit: only a caller can ask for
+/// that, and the outcome's `enforced` then leaves the `rlimit_*` entry out.
+///
+/// ```
+/// use agentic_sandbox::ProcessSandboxConfig;
+///
+/// let mut config = ProcessSandboxConfig::default();
+/// config.default_limits.max_processes = 4096;
+/// # assert_eq!(config.default_limits.memory_bytes, 32 << 30);
+/// ```
+///
+/// [`Limits`]: crate::Limits
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DefaultLimits {
+    /// Address space of each process (`RLIMIT_AS`), in bytes. Default
+    /// [`MEMORY_BYTES`](Self::MEMORY_BYTES).
+    pub memory_bytes: u64,
+    /// Largest file a process may write (`RLIMIT_FSIZE`), in bytes. Default
+    /// [`FILE_SIZE_BYTES`](Self::FILE_SIZE_BYTES).
+    pub file_size_bytes: u64,
+    /// Processes and threads of the guest's user (`RLIMIT_NPROC`). Default
+    /// [`MAX_PROCESSES`](Self::MAX_PROCESSES).
+    pub max_processes: u32,
+}
+
+impl DefaultLimits {
+    /// 32 GiB of address space per process. Address space is not memory used: runtimes
+    /// reserve far more than they touch. Node 20 starts with 8 GiB but reserves about 10 GiB
+    /// more for each WebAssembly memory (guard regions), so 16 GiB fits only one of them, and
+    /// 32 GiB three; a JVM sizes its default heap to half the limit; glibc reserves 64 MiB per
+    /// thread arena. What a run actually uses is measured in
+    /// [`ResourceUsage::peak_memory_bytes`](crate::ResourceUsage::peak_memory_bytes).
+    pub const MEMORY_BYTES: u64 = 32 << 30;
+    /// 4 GiB per file: above what builds and tests write (debug executables and their
+    /// debug information, test databases), and it still stops a guest writing one file
+    /// without end.
+    pub const FILE_SIZE_BYTES: u64 = 4 << 30;
+    /// 1024 processes. `RLIMIT_NPROC` counts threads too: a parallel build (a job per CPU,
+    /// each compiler with threads of its own) or a JVM (dozens of threads) needs hundreds on a
+    /// many-core machine, while a fork bomb still stops at 1024. Counted within the run's
+    /// user namespace when it has one; a guest dropped from root counts every process of its
+    /// user on the host, concurrent runs included.
+    pub const MAX_PROCESSES: u32 = 1024;
+}
+
+impl Default for DefaultLimits {
+    fn default() -> Self {
+        DefaultLimits {
+            memory_bytes: Self::MEMORY_BYTES,
+            file_size_bytes: Self::FILE_SIZE_BYTES,
+            max_processes: Self::MAX_PROCESSES,
+        }
+    }
 }
 
 impl Default for ProcessSandboxConfig {
@@ -162,6 +247,7 @@ impl Default for ProcessSandboxConfig {
             run_as: Some((65534, 65534)),
             require_isolation: false,
             init_dir: None,
+            default_limits: DefaultLimits::default(),
         }
     }
 }
@@ -196,6 +282,9 @@ struct Inner {
     /// The namespaces the probe saw work (only those are asked for).
     namespaces: Namespaces,
     identity: Identity,
+    /// The CPUs available to this process when the sandbox was created (the CPU-time
+    /// default).
+    cpus: u32,
 }
 
 impl ProcessSandbox {
@@ -245,6 +334,8 @@ impl ProcessSandbox {
                 init,
                 namespaces,
                 identity,
+                cpus: std::thread::available_parallelism()
+                    .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
             }),
         })
     }
@@ -373,12 +464,14 @@ impl Inner {
         };
 
         let rules = self.rules(&resolved, &workdir, scratch.is_some(), mount.as_ref());
+        // Every rlimit is set: a `None` in the request is the default, never no limit.
+        let rlimits = Rlimits::resolve(&limits, &self.config.default_limits, self.cpus);
         let launched = launch::build(
             &self.init,
             self.namespaces,
             self.identity,
             self.config.require_isolation,
-            &limits,
+            &rlimits,
             &resolved,
             &args,
         );
@@ -529,7 +622,7 @@ impl Inner {
                     status,
                     stderr: &stderr,
                     usage,
-                    memory_limit: limits.memory_bytes,
+                    memory_limit: Some(rlimits.address_space),
                     oom_kills: if sigkill {
                         oom_kills_before
                             .zip(oom_kills())
