@@ -119,22 +119,26 @@ pub struct Mount {
     pub mode: MountMode,
 }
 
-/// Resource limits of one execution. `None` means the backend's default, never "unlimited".
+/// Resource limits of one execution. `None` means the backend's default, never "unlimited"
+/// (the process sandbox's address-space, file-size and process defaults are its
+/// `ProcessSandboxConfig::default_limits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Instructions (wasm fuel) the guest may use.
     pub fuel: Option<u64>,
-    /// CPU time (process sandbox: `RLIMIT_CPU`).
+    /// CPU time (process sandbox: `RLIMIT_CPU`; `None`: wall time × available CPUs + 1 s).
     pub cpu_time: Option<Duration>,
-    /// Memory in bytes (wasm linear memory; process address space).
+    /// Memory in bytes (wasm linear memory; process sandbox: address space, `None` there:
+    /// 32 GiB).
     pub memory_bytes: Option<u64>,
     /// Wall-clock time before the run is stopped.
     pub wall_time: Duration,
     /// Bytes kept of stdout and of stderr each; more is discarded and reported.
     pub output_bytes: usize,
-    /// Processes the guest may have (process sandbox: `RLIMIT_NPROC`).
+    /// Processes the guest may have (process sandbox: `RLIMIT_NPROC`, threads included;
+    /// `None`: 1024).
     pub max_processes: Option<u32>,
-    /// Largest file the guest may write (process sandbox: `RLIMIT_FSIZE`).
+    /// Largest file the guest may write (process sandbox: `RLIMIT_FSIZE`; `None`: 4 GiB).
     pub file_size_bytes: Option<u64>,
 }
 
