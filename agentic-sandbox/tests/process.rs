@@ -302,7 +302,7 @@ fn host_hard_limit(name: &str) -> u64 {
 }
 
 /// The guest's `(soft, hard)` rlimits, as it sees them: CPU, address space, file size,
-/// processes (`None`: unlimited).
+/// processes (`none` when unlimited).
 async fn guest_rlimits(sandbox: &ProcessSandbox, limits: Limits) -> (ExecOutcome, Vec<String>) {
     let outcome = sandbox
         .execute(
