@@ -124,6 +124,12 @@ impl WorkerBuilder {
             // per agent on this worker, whatever queue the work comes from.
             let permits = Arc::new(Semaphore::new(card.max_concurrency.max(1)));
             for capability in &card.capabilities {
+                // Before the first dequeue: a broker that pushes deliveries (RabbitMQ) sizes
+                // this process's prefetch for the queue by it.
+                inner.parts.queue.consumer_concurrency(
+                    &inner.keys.task_queue(capability),
+                    card.max_concurrency.max(1),
+                );
                 handles.push(AbortOnDropHandle::new(tokio::spawn(consume(
                     Arc::clone(&inner),
                     Arc::clone(&agent),

@@ -401,6 +401,18 @@ pub trait TaskQueue: Send + Sync {
     /// the lease expired and the job was (or can be) delivered again.
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
 
+    /// Says that this process will run up to `concurrency` jobs of `queue` at a time. A
+    /// worker calls it for each queue it consumes, before its first [`dequeue`]; calls for
+    /// one queue add up (several workers in one process). Backends whose broker pushes
+    /// deliveries to a consumer size its prefetch with it (`AmqpQueue`: `basic.qos`), so a
+    /// process holds no more deliveries than it can run and the rest stay on the broker for
+    /// other processes. The others ignore it (the default does nothing).
+    ///
+    /// [`dequeue`]: TaskQueue::dequeue
+    fn consumer_concurrency(&self, queue: &str, concurrency: usize) {
+        let _ = (queue, concurrency);
+    }
+
     /// Finishes several deliveries at once: one result per lease, in order, each what
     /// [`ack`](TaskQueue::ack) would have returned for it alone.
     ///
@@ -474,6 +486,9 @@ macro_rules! forward_queue {
         impl<T: TaskQueue + ?Sized> TaskQueue for $ty {
             fn capabilities(&self) -> QueueCapabilities {
                 (**self).capabilities()
+            }
+            fn consumer_concurrency(&self, queue: &str, concurrency: usize) {
+                (**self).consumer_concurrency(queue, concurrency)
             }
             async fn enqueue_batch(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
                 (**self).enqueue_batch(queue, jobs).await

@@ -91,6 +91,9 @@ impl TaskQueue for Cleanup {
     fn capabilities(&self) -> QueueCapabilities {
         self.queue.capabilities()
     }
+    fn consumer_concurrency(&self, queue: &str, concurrency: usize) {
+        self.queue.consumer_concurrency(queue, concurrency)
+    }
     async fn enqueue_batch(
         &self,
         queue: &str,
@@ -953,6 +956,57 @@ fn listed_prefetches(work: &str) -> Vec<u32> {
         .filter(|(queue, _)| queue.trim() == work)
         .map(|(_, prefetch)| prefetch.trim().parse().unwrap())
         .collect()
+}
+
+/// With the default configuration, a worker that says its concurrency
+/// (`TaskQueue::consumer_concurrency`, as agentic-core's worker does before it consumes)
+/// gets a consumer with that prefetch: the rest stays on the broker for other processes.
+/// Said again after the consumer started, it changes nothing (no restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_is_the_concurrency_the_worker_says() {
+    let Some(url) = amqp_url() else { return };
+    let name = unique("prefetch-hint");
+    let work = format!("agentic-test.{name}");
+    let config = test_config(url.clone()).connection_name(format!("agentic-test-{name}"));
+    assert!(config.prefetch_from_workers, "on by default");
+    let queue = Cleanup::new(connect(config).await);
+    let jobs: Vec<NewJob> = (0..10)
+        .map(|i| NewJob::new(i.to_string().into_bytes()))
+        .collect();
+    queue.enqueue_batch(&name, jobs).await.unwrap();
+    queue.queue.consumer_concurrency(&name, 2);
+    queue.queue.consumer_concurrency(&name, 1);
+
+    let lease = Duration::from_secs(60);
+    let first = queue
+        .dequeue(&name, 3, lease, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(consumer_prefetches(&work, &[3]).await, vec![3]);
+    let stats = queue.stats(&name).await.unwrap();
+    assert_eq!((stats.ready, stats.leased), (7, 3), "{stats:?}");
+
+    // A later worker in the same process: the running consumer stays as it is.
+    queue.queue.consumer_concurrency(&name, 4);
+    let mut seen: HashSet<usize> = first.iter().map(payload_number).collect();
+    for d in &first {
+        queue.ack(&d.lease).await.unwrap();
+    }
+    while seen.len() < 10 {
+        let got = queue
+            .dequeue(&name, 3, lease, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(!got.is_empty() && got.len() <= 3, "{}", got.len());
+        for d in &got {
+            assert_eq!(d.attempt, 1, "no job was delivered twice");
+            assert!(seen.insert(payload_number(d)), "no job was delivered twice");
+            queue.ack(&d.lease).await.unwrap();
+        }
+    }
+    assert_eq!(listed_prefetches(&work), vec![3]);
+    assert_empty(&queue, &name).await;
 }
 
 /// With the derived prefetch (`prefetch: None`), the consumer's `basic.qos` is what the

@@ -20,7 +20,7 @@
 //! | operation | AMQP |
 //! |---|---|
 //! | `enqueue` | `basic.publish` (persistent, mandatory) on a confirm channel; returns once the broker confirmed every message |
-//! | `dequeue` | one consumer per queue and process (`basic.qos` prefetch: configured, 64 by default; experimentally derived from what the process asks for and holds); deliveries wait in a local buffer until a `dequeue` takes them, and go back (copy, then ack: no attempt counted) if they wait until near the broker's `consumer_timeout` |
+//! | `dequeue` | one consumer per queue and process (`basic.qos` prefetch: the concurrency the process's workers said with `TaskQueue::consumer_concurrency`, else configured, 64 by default; experimentally derived from what the process asks for and holds); deliveries wait in a local buffer until a `dequeue` takes them, and go back (copy, then ack: no attempt counted) if they wait until near the broker's `consumer_timeout` |
 //! | lease | the unacked delivery, plus a local expiry: an expired lease is `basic.nack`ed with requeue (or dead-lettered on its last attempt) |
 //! | long lease | before the broker's `consumer_timeout` would close the channel, the lease is parked: a copy with a TTL, then ack (see `lease.rs`) |
 //! | fencing | a lease is valid only while its delivery is unacked on the channel that received it; the token is `(epoch, attempt)` in the high bits and a per-process delivery number in the low ones |
@@ -123,6 +123,15 @@ pub struct AmqpQueueConfig {
     /// against the prefetch, so a worker busy with parked long tasks can have up to
     /// `prefetch` deliveries waiting.
     pub prefetch: Option<u16>,
+    /// When a worker says how many jobs of a queue it runs at a time
+    /// ([`TaskQueue::consumer_concurrency`], which `agentic-core`'s worker calls before it
+    /// consumes), start that queue's consumer with that prefetch instead of
+    /// [`AmqpQueueConfig::prefetch`]: derived from the worker's concurrency, so the process
+    /// holds no more deliveries than it can run. On by default; [`AmqpQueueConfig::prefetch`]
+    /// (the builder) turns it off. Said after the consumer started (a second worker started
+    /// later in the same process), it does not change the running consumer: start workers
+    /// before they consume, or fix the prefetch.
+    pub prefetch_from_workers: bool,
     /// The quorum queue's `x-delivery-limit`: returns (lease expiries, lost consumers)
     /// after which the broker itself dead-letters a message. A backstop for jobs that kill
     /// their workers; `max_attempts` is enforced before it. Keep it above every job's
@@ -205,6 +214,7 @@ impl AmqpQueueConfig {
             dedupe: false,
             dedupe_window: Duration::from_secs(600),
             prefetch: Some(64),
+            prefetch_from_workers: true,
             delivery_limit: 50,
             consumer_timeout: Duration::from_secs(30 * 60),
             consumer_timeout_argument: false,
@@ -233,6 +243,7 @@ impl AmqpQueueConfig {
     /// instead of deriving it from the callers (see [`AmqpQueueConfig::prefetch`]).
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = Some(prefetch.max(1));
+        self.prefetch_from_workers = false;
         self
     }
 
@@ -248,6 +259,7 @@ impl AmqpQueueConfig {
     /// time (see [`AmqpQueueConfig::prefetch`]): at least 1, at most `u16::MAX`.
     pub fn prefetch_for_concurrency(mut self, concurrency: usize) -> Self {
         self.prefetch = Some(u16::try_from(concurrency.max(1)).unwrap_or(u16::MAX));
+        self.prefetch_from_workers = false;
         self
     }
 
@@ -335,6 +347,9 @@ struct QueueState {
     /// The most jobs this process asked for and held at once (see
     /// [`AmqpQueueConfig::prefetch`]): the prefetch when it is derived.
     wanted: AtomicUsize,
+    /// The concurrency workers of this process said they run this queue with
+    /// ([`TaskQueue::consumer_concurrency`]), summed.
+    workers: AtomicUsize,
 }
 
 struct ConsumerRun {
@@ -379,6 +394,7 @@ impl QueueState {
             received: AtomicU64::new(0),
             asking: AtomicUsize::new(0),
             wanted: AtomicUsize::new(0),
+            workers: AtomicUsize::new(0),
         }
     }
 
@@ -618,6 +634,9 @@ impl Inner {
     /// The prefetch the queue's consumer should have: the configured one, or what this
     /// process asks for and holds (see [`AmqpQueueConfig::prefetch`]).
     fn prefetch_for(&self, state: &QueueState) -> u16 {
+        if let Some(workers) = self.workers_prefetch(state) {
+            return workers;
+        }
         self.config
             .prefetch
             .unwrap_or_else(|| {
@@ -626,13 +645,23 @@ impl Inner {
             .max(1)
     }
 
+    /// The prefetch the workers of this process asked for with
+    /// [`TaskQueue::consumer_concurrency`], when they did and the configuration lets them.
+    fn workers_prefetch(&self, state: &QueueState) -> Option<u16> {
+        let workers = state.workers.load(Ordering::Acquire);
+        (self.config.prefetch_from_workers && workers > 0)
+            .then(|| u16::try_from(workers).unwrap_or(u16::MAX).max(1))
+    }
+
     /// Starts the queue's consumer unless it runs, and restarts it with a larger prefetch
-    /// when the derived one grew.
+    /// when the derived one grew. A prefetch the workers gave is taken when the consumer
+    /// starts and never restarts it.
     async fn ensure_consumer(&self, state: &Arc<QueueState>) -> Result<(), QueueError> {
-        if state
-            .running_prefetch()
-            .is_some_and(|p| p >= self.prefetch_for(state))
-        {
+        let running = state.running_prefetch();
+        if running.is_some() && self.workers_prefetch(state).is_some() {
+            return Ok(());
+        }
+        if running.is_some_and(|p| p >= self.prefetch_for(state)) {
             return Ok(());
         }
         let _starting = state.starting.lock().await;
@@ -1070,6 +1099,13 @@ impl TaskQueue for AmqpQueue {
         // Off by default: see `AmqpQueueConfig::dedupe`.
         caps.idempotency = self.inner.config.dedupe;
         caps
+    }
+
+    fn consumer_concurrency(&self, queue: &str, concurrency: usize) {
+        // A name the queue refuses is reported by the first `dequeue`.
+        if let Ok(state) = self.inner.state(queue) {
+            state.workers.fetch_add(concurrency, Ordering::AcqRel);
+        }
     }
 
     async fn enqueue_batch(
