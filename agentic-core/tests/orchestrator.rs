@@ -637,13 +637,19 @@ async fn a_worker_that_dies_mid_task_loses_nothing() {
     assert_eq!(gate.completed.lock().unwrap()["t"], 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicate_job_of_a_running_task_does_not_take_it_over() {
-    let (parts, _rec) = setup();
-    let orchestrator = Orchestrator::start(parts.clone());
-    let gate = Gate::default();
-    let _worker = Worker::builder(parts.clone()).agent(gate.clone()).start();
-    let plan = Plan::builder("dup")
+const GATE_QUEUE: &str = "agentic.task.gate";
+
+/// Submits a goal whose one task `t` runs on the gate agent and waits until that run has
+/// started; then enqueues what an orchestrator that took the goal over re-enqueues once the
+/// queue no longer remembers the first job's idempotency key: the same task, as a new job.
+/// The gate agent runs one task at a time, so the worker takes nothing more meanwhile.
+async fn a_running_task_and_a_duplicate_job(
+    parts: &Parts,
+    orchestrator: &Orchestrator,
+    gate: &Gate,
+    plan: &str,
+) -> GoalId {
+    let plan = Plan::builder(plan)
         .task(TaskSpec::new("t", "gate").retry(fast_retry(3)))
         .build()
         .unwrap();
@@ -652,39 +658,62 @@ async fn a_duplicate_job_of_a_running_task_does_not_take_it_over() {
         gate.started.load(Ordering::SeqCst) == 1
     })
     .await;
-    // What an orchestrator that took the goal over re-enqueues once the queue no longer
-    // remembers the first job's idempotency key: the same task again, as a new job.
     let envelope =
         json!({ "goal": goal.as_str(), "task": "t", "capability": "gate", "tenant": "default" });
     parts
         .queue
         .enqueue(
-            "agentic.task.gate",
+            GATE_QUEUE,
             NewJob::new(serde_json::to_vec(&envelope).unwrap()),
         )
         .await
         .unwrap();
+    goal
+}
+
+/// Once the duplicate is off the queue, opens the gate: the goal completes after exactly one
+/// run (the duplicate neither started a second one nor counted the first abandoned), and the
+/// duplicate was acked, not dead-lettered.
+async fn completes_after_one_run(
+    parts: &Parts,
+    orchestrator: &Orchestrator,
+    gate: &Gate,
+    goal: &GoalId,
+) {
     eventually("the duplicate to be taken off the queue", || async {
-        let stats = parts.queue.stats("agentic.task.gate").await.unwrap();
+        let stats = parts.queue.stats(GATE_QUEUE).await.unwrap();
         stats.ready == 0 && stats.leased == 1
     })
     .await;
     gate.open();
-    let result = tokio::time::timeout(WAIT, orchestrator.wait(&goal))
+    let result = tokio::time::timeout(WAIT, orchestrator.wait(goal))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(result.status, GoalStatus::Completed);
-    // One run: the duplicate neither started a second one nor counted the first abandoned.
-    assert_eq!(gate.started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        gate.started.load(Ordering::SeqCst),
+        1,
+        "the duplicate started a run"
+    );
     assert_eq!(gate.completed.lock().unwrap()["t"], 1);
     assert!(result.errors.is_empty(), "{:?}", result.errors);
-    let stats = parts.queue.stats("agentic.task.gate").await.unwrap();
+    let stats = parts.queue.stats(GATE_QUEUE).await.unwrap();
     assert_eq!(
         (stats.ready, stats.leased, stats.dead),
         (0, 0, 0),
         "the duplicate was acked, not dead-lettered"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_job_of_a_running_task_does_not_take_it_over() {
+    let (parts, _rec) = setup();
+    let orchestrator = Orchestrator::start(parts.clone());
+    let gate = Gate::default();
+    let _worker = Worker::builder(parts.clone()).agent(gate.clone()).start();
+    let goal = a_running_task_and_a_duplicate_job(&parts, &orchestrator, &gate, "dup").await;
+    completes_after_one_run(&parts, &orchestrator, &gate, &goal).await;
 }
 
 /// The same, when the duplicate comes back for a second delivery (the first worker to take it
@@ -695,30 +724,17 @@ async fn a_redelivered_duplicate_job_of_a_running_task_does_not_take_it_over() {
     let (parts, _rec) = setup();
     let orchestrator = Orchestrator::start(parts.clone());
     let gate = Gate::default();
-    // The gate agent runs one task at a time, so this worker takes nothing more while the
-    // run is in progress.
     let _worker = Worker::builder(parts.clone()).agent(gate.clone()).start();
-    let plan = Plan::builder("dup2")
-        .task(TaskSpec::new("t", "gate").retry(fast_retry(3)))
-        .build()
-        .unwrap();
-    let goal = orchestrator.submit(plan).await.unwrap();
-    eventually("the run to start", || async {
-        gate.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    let envelope =
-        json!({ "goal": goal.as_str(), "task": "t", "capability": "gate", "tenant": "default" });
-    let queue = "agentic.task.gate";
-    parts
-        .queue
-        .enqueue(queue, NewJob::new(serde_json::to_vec(&envelope).unwrap()))
-        .await
-        .unwrap();
+    let goal = a_running_task_and_a_duplicate_job(&parts, &orchestrator, &gate, "dup2").await;
     // A worker that takes the duplicate and dies: its delivery ends without an ack.
     let taken = parts
         .queue
-        .dequeue(queue, 1, Duration::from_secs(30), Duration::from_secs(2))
+        .dequeue(
+            GATE_QUEUE,
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        )
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);
@@ -729,25 +745,7 @@ async fn a_redelivered_duplicate_job_of_a_running_task_does_not_take_it_over() {
         .unwrap();
     // Another worker gets its second delivery.
     let _second = Worker::builder(parts.clone()).agent(gate.clone()).start();
-    eventually("the duplicate to be taken off the queue", || async {
-        let stats = parts.queue.stats(queue).await.unwrap();
-        stats.ready == 0 && stats.leased == 1
-    })
-    .await;
-    gate.open();
-    let result = tokio::time::timeout(WAIT, orchestrator.wait(&goal))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(result.status, GoalStatus::Completed);
-    assert_eq!(
-        gate.started.load(Ordering::SeqCst),
-        1,
-        "the duplicate started a run"
-    );
-    assert!(result.errors.is_empty(), "{:?}", result.errors);
-    let stats = parts.queue.stats(queue).await.unwrap();
-    assert_eq!((stats.ready, stats.leased, stats.dead), (0, 0, 0));
+    completes_after_one_run(&parts, &orchestrator, &gate, &goal).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

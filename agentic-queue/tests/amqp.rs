@@ -958,6 +958,28 @@ fn listed_prefetches(work: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Takes the rest of the `total` numbered jobs of `name`, at most 3 per `dequeue` (a worker
+/// with 3 slots), acking each: every job comes exactly once, on its first attempt.
+async fn take_the_rest_three_at_a_time(
+    queue: &Cleanup,
+    name: &str,
+    mut seen: HashSet<usize>,
+    total: usize,
+) {
+    while seen.len() < total {
+        let got = queue
+            .dequeue(name, 3, Duration::from_secs(60), Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(!got.is_empty() && got.len() <= 3, "{}", got.len());
+        for d in &got {
+            assert_eq!(d.attempt, 1, "no job was delivered twice");
+            assert!(seen.insert(payload_number(d)), "no job was delivered twice");
+            queue.ack(&d.lease).await.unwrap();
+        }
+    }
+}
+
 /// With the default configuration, a worker that says its concurrency
 /// (`TaskQueue::consumer_concurrency`, as agentic-core's worker does before it consumes)
 /// gets a consumer with that prefetch: the rest stays on the broker for other processes.
@@ -989,22 +1011,11 @@ async fn the_prefetch_is_the_concurrency_the_worker_says() {
 
     // A later worker in the same process: the running consumer stays as it is.
     queue.queue.consumer_concurrency(&name, 4);
-    let mut seen: HashSet<usize> = first.iter().map(payload_number).collect();
+    let seen: HashSet<usize> = first.iter().map(payload_number).collect();
     for d in &first {
         queue.ack(&d.lease).await.unwrap();
     }
-    while seen.len() < 10 {
-        let got = queue
-            .dequeue(&name, 3, lease, Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert!(!got.is_empty() && got.len() <= 3, "{}", got.len());
-        for d in &got {
-            assert_eq!(d.attempt, 1, "no job was delivered twice");
-            assert!(seen.insert(payload_number(d)), "no job was delivered twice");
-            queue.ack(&d.lease).await.unwrap();
-        }
-    }
+    take_the_rest_three_at_a_time(&queue, &name, seen, 10).await;
     assert_eq!(listed_prefetches(&work), vec![3]);
     assert_empty(&queue, &name).await;
 }
@@ -1041,22 +1052,11 @@ async fn the_prefetch_follows_the_concurrency_asked_for() {
     let stats = queue.stats(&name).await.unwrap();
     assert_eq!((stats.ready, stats.leased), (7, 3), "{stats:?}");
 
-    let mut seen: HashSet<usize> = first.iter().map(payload_number).collect();
+    let seen: HashSet<usize> = first.iter().map(payload_number).collect();
     for d in &first {
         queue.ack(&d.lease).await.unwrap();
     }
-    while seen.len() < 10 {
-        let got = queue
-            .dequeue(&name, 3, lease, Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert!(!got.is_empty() && got.len() <= 3, "{}", got.len());
-        for d in &got {
-            assert_eq!(d.attempt, 1, "no job was delivered twice");
-            assert!(seen.insert(payload_number(d)), "no job was delivered twice");
-            queue.ack(&d.lease).await.unwrap();
-        }
-    }
+    take_the_rest_three_at_a_time(&queue, &name, seen, 10).await;
     assert_empty(&queue, &name).await;
 
     // Configured: the prefetch stays what was set, whatever is asked for.

@@ -31,6 +31,22 @@ async fn redis_store(watch: bool) -> Option<Arc<dyn StateStore>> {
     }
 }
 
+/// A namespace of this test's own, its key base `agentic:{<ns>}:`, and a plain connection
+/// for writing and checking keys behind the store's back.
+async fn private_namespace(
+    url: &str,
+    tag: &str,
+) -> (String, String, redis::aio::MultiplexedConnection) {
+    let ns = format!("agentic-test-{tag}-{:x}", fastrand::u64(..));
+    let base = format!("agentic:{{{ns}}}:");
+    let client = redis::Client::open(url).expect("Redis URL");
+    let raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    (ns, base, raw)
+}
+
 mod with_watch {
     use super::*;
 
@@ -60,13 +76,7 @@ mod without_watch {
 #[tokio::test]
 async fn values_in_the_earlier_layout_are_read_and_updated() {
     let Some(url) = url() else { return };
-    let ns = format!("agentic-test-layout-{:x}", fastrand::u64(..));
-    let base = format!("agentic:{{{ns}}}:");
-    let client = redis::Client::open(url.as_str()).expect("Redis URL");
-    let mut raw = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let (ns, base, mut raw) = private_namespace(&url, "layout").await;
     // As the earlier release left them: the counter, a plain key and a key with a TTL.
     let _: () = redis::pipe()
         .cmd("SET")
@@ -211,13 +221,7 @@ async fn values_in_the_earlier_layout_are_read_and_updated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
     let Some(url) = url() else { return };
-    let ns = format!("agentic-test-batch-{:x}", fastrand::u64(..));
-    let base = format!("agentic:{{{ns}}}:");
-    let client = redis::Client::open(url.as_str()).expect("Redis URL");
-    let mut raw = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let (ns, base, mut raw) = private_namespace(&url, "batch").await;
     let _: () = redis::cmd("HSET")
         .arg(format!("{base}n:bad"))
         .arg("f")
