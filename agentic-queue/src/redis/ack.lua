@@ -1,19 +1,16 @@
 -- Ack a batch of leases. ARGV: n, then n lease members `<id>:<token>`, then the n job
--- keys (`<base>job:<id>`), both built by the client so this script concatenates nothing.
--- Returns one code per lease: 1 acked (the job is deleted), 0 stale or expired lease, -1
--- no such job (or a lease listed twice: the first acked it). On the common path three
--- calls for the whole batch (ZMSCORE, ZREM, DEL) and an EXISTS; per refused lease an EXISTS.
+-- keys (`<base>job:<id>`), both built by the client so this script concatenates nothing;
+-- the client sends each lease once. Returns one code per lease: 1 acked (the job is
+-- deleted), 0 stale or expired lease, -1 no such job. On the common path three calls for
+-- the whole batch (ZMSCORE, ZREM, DEL) and an EXISTS; per refused lease an EXISTS.
 local now = now_ms()
 local n = tonumber(ARGV[1])
 local scores = redis.call('ZMSCORE', LEASED, unpack(ARGV, 2, n + 1))
-local out, gone, keys, seen = {}, {}, {}, {}
+local out, gone, keys = {}, {}, {}
 for i = 1, n do
-  local m, s, jk = ARGV[i + 1], scores[i], ARGV[n + i + 1]
-  if seen[m] then
-    out[i] = -1
-  elseif s and tonumber(s) > now then
-    seen[m] = true
-    gone[#gone + 1] = m
+  local s, jk = scores[i], ARGV[n + i + 1]
+  if s and tonumber(s) > now then
+    gone[#gone + 1] = ARGV[i + 1]
     keys[#keys + 1] = jk
     out[i] = 1
   elseif redis.call('EXISTS', jk) == 1 then

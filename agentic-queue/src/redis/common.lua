@@ -4,7 +4,8 @@
 -- that prefix plus a suffix, so all of a queue's keys share the hash tag `{<queue>}` and
 -- live in one Redis Cluster slot.
 --
--- A job is two keys. `job:<id>` is a string written once by enqueue: the header
+-- A job is two keys. `job:<id>` is a string written once by enqueue (by the script, or for
+-- jobs without idempotency key or delay by the client's MULTI/EXEC of MSET and RPUSH): the header
 -- `<priority>,<max_attempts>,<headers length>;` then the headers (JSON, or nothing) and the
 -- payload, encoded and decoded by the client, so enqueue is one MSET and dequeue one MGET
 -- for a whole batch; scripts read only the header (GETRANGE), and only on rare paths.
@@ -17,9 +18,10 @@
 -- `<id>:<attempts>`, so a dequeue knows the attempt without reading anything; only an
 -- entry with attempts makes it read `state` (for last_error).
 --
--- Fencing: `seq` is one counter per queue; every delivery takes the next number as its
--- token, so a job's tokens grow with every delivery and are never reused, and a dequeue of
--- n jobs costs one INCRBY instead of a write per job. A lease is the member `<id>:<token>`
+-- Fencing: `seq` is one counter per queue; every dequeue call takes the next number as the
+-- token of its deliveries (a job is delivered at most once per call), so a job's tokens
+-- grow with every delivery and are never reused, and a dequeue of n jobs costs one INCR
+-- instead of a write per job. A lease is the member `<id>:<token>`
 -- of `leased`, scored by its expiry: a lease is current exactly when its member is there
 -- with a score in the future, so ack, extend and nack check it with one ZSCORE (ack with
 -- one ZMSCORE for a whole batch) and never read the job.

@@ -1,7 +1,8 @@
 -- Dequeue up to ARGV[1] jobs (at most 1000) leased for ARGV[2] ms. ARGV[3]: dead-letter
 -- cap, ARGV[4]: promote limit. Promotes due delays and reclaims expired leases first.
--- Returns the first job's fencing token (the i-th job has token first + i - 1; 0 when
--- none), then 3 fields per job: id, attempt, last_error.
+-- Returns the fencing token of this call's deliveries (0 when none), then per job its
+-- ready entry as popped (`<id>`, or `<id>:<attempts>`, which the client reads the attempt
+-- from), and after an entry with attempts only, the job's last error (or nil).
 --
 -- The jobs themselves (header, headers, payload) are not read here: the client reads them
 -- with a plain MGET of the returned ids, so payloads never enter Lua (which hashes every
@@ -9,9 +10,9 @@
 -- them; an entry whose job is missing (none is expected) is skipped by the client, and
 -- its lease expires harmlessly.
 --
--- Per call, whatever the batch: the LPOPs, one INCRBY for all the tokens and one ZADD for
--- all the leases (and the sentinel, see common.lua). Nothing is written to a job on
--- delivery.
+-- Per call, whatever the batch: the LPOPs, one INCR for the token and one ZADD for all the
+-- leases (and the sentinel, see common.lua). Nothing is written to a job on delivery, and
+-- per job Lua makes one string, the lease member.
 local want = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local now = now_ms()
@@ -23,33 +24,31 @@ for p = 9, 0, -1 do
   local popped = redis.call('LPOP', ready_key(p), want)
   if popped then
     for _, e in ipairs(popped) do
-      local id, n, marked = split_entry(e)
+      out[#out + 1] = e
+      local id, _, marked = split_entry(e)
       ids[#ids + 1] = id
-      local o = #out
-      out[o + 1] = id
-      out[o + 2] = n + 1
       if marked then
         local _, _, err = read_state(id)
-        out[o + 3] = err or false
-      else
-        out[o + 3] = false
+        out[#out + 1] = err or false
       end
       want = want - 1
     end
   end
 end
 if #ids > 0 then
-  local first = redis.call('INCRBY', SEQ, #ids) - #ids + 1
+  -- One token for every delivery of this call: a job appears at most once in a call, so
+  -- `<id>:<token>` still names one delivery, and a job's tokens still grow with every
+  -- delivery and are never reused.
+  local token = redis.call('INCR', SEQ)
+  -- tostring prints integers below 1e14 exactly; past that, format them in full.
+  local suffix = ':' .. (token >= 1e14 and string.format('%.0f', token) or tostring(token))
   local leases = { '+inf', LEASED_SENTINEL }
   local expiry = tostring(now + lease)
   for i, id in ipairs(ids) do
     leases[2 * i + 1] = expiry
-    local token = first + i - 1
-    -- tostring prints integers below 1e14 exactly; past that, format them in full.
-    if token >= 1e14 then token = string.format('%.0f', token) end
-    leases[2 * i + 2] = lease_member(id, token)
+    leases[2 * i + 2] = id .. suffix
   end
   call_sliced('ZADD', LEASED, leases)
-  out[1] = first
+  out[1] = token
 end
 return out

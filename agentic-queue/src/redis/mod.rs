@@ -1,5 +1,6 @@
-//! The Redis backend: every state change is one Lua script, so a crash between two
-//! commands cannot lose or duplicate a job.
+//! The Redis backend: every state change is atomic, one Lua script or (for an enqueue that
+//! needs no decision) one `MULTI`/`EXEC` transaction, so a crash between two commands
+//! cannot lose or duplicate a job.
 //!
 //! # Key layout (one queue)
 //!
@@ -21,8 +22,8 @@
 //!
 //! | script | job |
 //! |---|---|
-//! | `enqueue` | a batch: dedupe by idempotency key, write hashes, push to ready or delayed |
-//! | `dequeue` | promote due delays, reclaim expired leases (redeliver or dead-letter), pop by priority, take one fencing token per job from `seq`, record per-job leases |
+//! | `enqueue` | a batch with idempotency keys or delays, or a repeated call: dedupe by idempotency key, write the jobs, push to ready or delayed. A batch of jobs with neither is a transaction instead: `MULTI`, one `MSET` of the jobs, one `RPUSH` per priority, `EXEC` (no decision to make, and Lua would cost Redis more than the writes) |
+//! | `dequeue` | promote due delays, reclaim expired leases (redeliver or dead-letter), pop by priority, take one fencing token for the call's deliveries from `seq`, record per-job leases |
 //! | `ack` | a batch of (id, token): the lease `<id>:<token>` must be in `leased` and unexpired, then the job is deleted |
 //! | `extend` | checked against the token, moves the lease's expiry |
 //! | `nack` | checked against the token: count the attempt, retry after a delay, or dead-letter with the reason |
@@ -30,13 +31,16 @@
 //!
 //! # Fencing and cost per job
 //!
-//! A delivery's token comes from the queue's `seq` counter (one `INCRBY` per dequeue call),
-//! so tokens grow with every delivery of a job and are never reused, and nothing is written
-//! to the job on delivery. The lease is the member `<id>:<token>` of `leased`: a lease is
+//! A delivery's token comes from the queue's `seq` counter: one `INCR` per dequeue call,
+//! shared by that call's deliveries (a job is delivered at most once per call), so a job's
+//! tokens grow with every delivery and are never reused, and nothing is written to the job
+//! on delivery. The lease is the member `<id>:<token>` of `leased`: a lease is
 //! current exactly when that member is there with an expiry in the future. The job itself
 //! is one string the client encodes and decodes, so whatever the batch size an enqueue is
-//! one `MSET` (plus an `RPUSH` per priority), a dequeue one `LPOP`, one `INCRBY` and one
-//! `ZADD` in its script and then a plain `MGET` of the jobs (payloads never enter Lua), and an ack one `ZMSCORE`, one `ZREM`, one `DEL` and one `EXISTS`. The
+//! one `MSET` (plus an `RPUSH` per priority; payloads enter Lua only when the script must
+//! decide), a dequeue one `LPOP`, one `INCR` and one `ZADD` in its script and then a plain
+//! `MGET` of the jobs (payloads never enter Lua), and an ack one `ZMSCORE`, one `ZREM`, one
+//! `DEL` and one `EXISTS`. The
 //! attempt count lives in the ready entry and in `state`, which is written only when a
 //! delivery ends without an ack (nack or expired lease).
 //!
@@ -261,28 +265,33 @@ impl RedisQueue {
                 eval(&mut conn, script, cmd).await
             })
             .await?;
-        let items = array(reply)?;
-        let n = items.len().saturating_sub(1) / 3;
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let mut items = items.into_iter();
-        let first_token = match items.next() {
+        let mut items = array(reply)?.into_iter();
+        let token = match items.next() {
             Some(v) => int(&v)?,
             None => return Ok(Vec::new()),
         };
-        let mut heads = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (Some(id), Some(attempt), Some(last_error)) =
-                (items.next(), items.next(), items.next())
-            else {
-                break;
+        let mut heads = Vec::with_capacity(items.len());
+        while let Some(entry) = items.next() {
+            let entry = into_string(entry)?;
+            // `<id>` for a first delivery; `<id>:<attempts>` (then the last error) after one
+            // that ended without an ack.
+            let (id, attempt, last_error) = match entry.split_once(':') {
+                None => (entry, 1, None),
+                Some((id, attempts)) => {
+                    let attempts: u32 = attempts.parse().map_err(|_| {
+                        QueueError::backend_msg(format!("malformed ready entry {entry:?}"))
+                    })?;
+                    let last_error = match items.next() {
+                        None | Some(Value::Nil) => None,
+                        Some(v) => Some(into_string(v)?).filter(|e| !e.is_empty()),
+                    };
+                    (id.to_owned(), attempts.saturating_add(1), last_error)
+                }
             };
-            let last_error = match last_error {
-                Value::Nil => None,
-                v => Some(into_string(v)?).filter(|e| !e.is_empty()),
-            };
-            heads.push((into_string(id)?, int(&attempt)? as u32, last_error));
+            heads.push((id, attempt, last_error));
+        }
+        if heads.is_empty() {
+            return Ok(Vec::new());
         }
         // The jobs are leased to us now: read them with a plain MGET, outside Lua.
         let mut mget = redis::cmd("MGET");
@@ -298,7 +307,7 @@ impl RedisQueue {
         let queue = self.queue_name(base);
         let expires_at = started + lease;
         let mut out = Vec::with_capacity(heads.len());
-        for (k, ((id, attempt, last_error), job)) in heads.into_iter().zip(jobs).enumerate() {
+        for ((id, attempt, last_error), job) in heads.into_iter().zip(jobs) {
             // Missing: not expected (the job is leased to us); its lease expires unused.
             let Some(job) = job else { continue };
             let job = decode_job(job)?;
@@ -306,7 +315,7 @@ impl RedisQueue {
                 lease: Lease {
                     queue: queue.clone(),
                     job_id: JobId(id),
-                    token: (first_token + k as i64) as u64,
+                    token: token as u64,
                     expires_at,
                 },
                 payload: job.payload,
@@ -381,9 +390,18 @@ impl TaskQueue for RedisQueue {
             let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
             let encoded: Vec<Vec<u8>> = chunk.iter().map(encode_job).collect::<Result<_, _>>()?;
             let script = &self.scripts.enqueue;
+            // Jobs that need no decision (no idempotency key, no delay) are written by a
+            // transaction of plain commands (see `enqueue_plain`); the script takes the rest,
+            // and every repeat, since only it can tell a job that is already there.
+            let plain = chunk
+                .iter()
+                .all(|j| j.idempotency_key.is_none() && j.delay.is_zero());
             let (ids, encoded, base) = (&ids, &encoded, &base);
             let reply: Value = self
                 .run("enqueue", |mut conn, repeat| async move {
+                    if plain && !repeat {
+                        return enqueue_plain(&mut conn, base, chunk, ids, encoded).await;
+                    }
                     let mut cmd = evalsha(script, base);
                     cmd.arg(window)
                         .arg(chunk.len())
@@ -471,6 +489,19 @@ impl TaskQueue for RedisQueue {
                 continue;
             };
             let script = &self.scripts.ack;
+            // A lease listed twice is acked once: the later copies are refused here, so the
+            // script needs no table of the leases it has seen.
+            let mut seen = std::collections::HashSet::with_capacity(idx.len());
+            let idx: Vec<usize> = idx
+                .into_iter()
+                .filter(|&i| {
+                    let first = seen.insert((leases[i].job_id.as_str(), leases[i].token));
+                    if !first {
+                        out[i] = Some(Err(lease_lost(&leases[i])));
+                    }
+                    first
+                })
+                .collect();
             for chunk in idx.chunks(ACK_CHUNK) {
                 let mut cmd = evalsha(script, &base);
                 cmd.arg(chunk.len());
@@ -622,6 +653,42 @@ impl TaskQueue for RedisQueue {
         let base = self.base(queue)?;
         Ok(self.stats_raw(&base).await?.0)
     }
+}
+
+/// Enqueues jobs without idempotency key or delay as one `MULTI`/`EXEC` transaction: one
+/// `MSET` of the jobs and one `RPUSH` per priority, in the order given. It is atomic like a
+/// script (a crash or a lost connection applies all of it or none), but the jobs never pass
+/// through Lua, which for these jobs would decide nothing and cost Redis more than the
+/// writes themselves (it interns every argument and copies every job in and out again).
+/// Replies like the script does when no job was a duplicate: an empty array.
+async fn enqueue_plain(
+    conn: &mut ConnectionManager,
+    base: &str,
+    jobs: &[NewJob],
+    ids: &[String],
+    encoded: &[Vec<u8>],
+) -> redis::RedisResult<Value> {
+    let mut tx = redis::pipe();
+    tx.atomic();
+    tx.cmd("MSET");
+    for (id, job) in ids.iter().zip(encoded) {
+        tx.arg(JobKey(base, id)).arg(job.as_slice());
+    }
+    tx.ignore();
+    let mut priorities: Vec<u8> = jobs.iter().map(|j| j.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    for p in priorities {
+        tx.cmd("RPUSH").arg(format!("{base}ready:{p}"));
+        for (id, job) in ids.iter().zip(jobs) {
+            if job.priority == p {
+                tx.arg(id.as_str());
+            }
+        }
+        tx.ignore();
+    }
+    tx.query_async::<()>(conn).await?;
+    Ok(Value::Array(Vec::new()))
 }
 
 /// `EVALSHA <script> 1 <base>`; add the arguments, then run it with [`eval`]. Built
