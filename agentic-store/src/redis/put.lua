@@ -3,8 +3,12 @@
 -- all-or-nothing, and conflicts are per put.
 --
 -- KEYS[1] is the base; KEYS[2i] and KEYS[2i + 1] are the `n:` and `v:` keys of the i-th put.
--- ARGV[1] is '1' to publish changes for watch; then per put: key, value, expect ('any' |
--- 'absent' | '<version>'), ttl_ms ('0': none). Returns one entry per put: the new version
+-- ARGV[1] is '1' to publish changes for watch; ARGV[2] is '1' when a key appears more than
+-- once in the call (the client knows, and the common call then keeps no table of the keys
+-- it wrote). Then per put: ARGV[2i + 1] the value and ARGV[2i + 2] the condition: 'any',
+-- 'absent' or '<version>', followed by ';<ttl ms>' when the put sets a TTL (the key's name
+-- is read off its `n:` key, and only on the general path, so it is not sent apart).
+-- Returns one entry per put: the new version
 -- (> 0); on a conflict 0 when the key is absent and minus the current version when it is
 -- not; or, when that one key cannot be written (another Redis type at its `n:` key), the
 -- error as a string.
@@ -20,16 +24,17 @@
 -- kind of key that can expire) takes its version from it. So a key's versions grow across
 -- delete and re-create and across expiry, without every write touching one shared counter.
 local publish_changes = ARGV[1] == '1'
+local repeats = ARGV[2] == '1'
 local COUNTER = base .. 'ver'
 local count = (#KEYS - 1) / 2
 
 local nkeys = {}
 for i = 1, count do nkeys[i] = KEYS[2 * i] end
 local found = redis.call('MGET', unpack(nkeys))
--- `n:` key -> its version after the puts so far in this call (false: absent), and whether
--- it has a TTL. Numbers, not strings: this loop is the hot path, and every string Lua makes
--- is hashed and interned. (Redis passes a Lua number to a command as `%.17g`, which writes
--- every version below 2^53 as plain digits.)
+-- Only when a key repeats in this call: `n:` key -> its version after the puts so far in
+-- this call (false: absent), and whether it has a TTL. Numbers, not strings: every string
+-- Lua makes is hashed and interned. (Redis passes a Lua number to a command as `%.17g`,
+-- which writes every version below 2^53 as plain digits.)
 local latest, latest_ttl = {}, {}
 -- MSET arguments of fast writes not yet sent. They are sent before any general-path put, so
 -- writes to one key land in the order of the puts.
@@ -45,11 +50,25 @@ end
 local out = {}
 for i = 1, count do
   local nk = KEYS[2 * i]
-  local j = i * 4 - 2
-  local expect, ttl = ARGV[j + 2], ARGV[j + 3]
-  local cur, had_ttl = latest[nk], latest_ttl[nk]
-  if cur == nil then
-    cur, had_ttl = parse_version(found[i] or nil)
+  local value, expect = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local ttl = 0
+  if expect ~= 'any' then
+    local at = string.find(expect, ';', 1, true)
+    if at then
+      ttl = tonumber(string.sub(expect, at + 1))
+      expect = string.sub(expect, 1, at - 1)
+    end
+  end
+  local cur, had_ttl
+  if repeats and latest[nk] ~= nil then
+    cur, had_ttl = latest[nk], latest_ttl[nk]
+  else
+    -- A version without TTL is plain digits, read in one call; anything else (a 't'
+    -- prefix, nothing) goes through parse_version.
+    local s = found[i]
+    cur = s and tonumber(s)
+    had_ttl = false
+    if not cur then cur, had_ttl = parse_version(s or nil) end
   end
   local ok
   if expect == 'any' then
@@ -61,20 +80,21 @@ for i = 1, count do
   end
   if not ok then
     if cur then out[i] = -cur else out[i] = 0 end
-  elseif cur and not had_ttl and ttl == '0' and not publish_changes then
+  elseif cur and not had_ttl and ttl == 0 and not publish_changes then
     -- The fast path: a key without TTL, updated without TTL.
     local v = cur + 1
     pending[np + 1] = nk
     pending[np + 2] = v
     pending[np + 3] = KEYS[2 * i + 1]
-    pending[np + 4] = ARGV[j + 1]
+    pending[np + 4] = value
     np = np + 4
-    latest[nk] = v
+    if repeats then latest[nk] = v end
     out[i] = v
   else
     flush()
-    local vk, key, value = KEYS[2 * i + 1], ARGV[j], ARGV[j + 1]
-    ttl = tonumber(ttl)
+    local vk = KEYS[2 * i + 1]
+    -- nk is base .. 'n:' .. key
+    local key = string.sub(nk, #base + 3)
     local kind = cur and 'string' or redis.call('TYPE', nk)['ok']
     if kind ~= 'string' and kind ~= 'none' then
       out[i] = 'WRONGTYPE ' .. nk .. ' holds a ' .. kind .. ', not a version'

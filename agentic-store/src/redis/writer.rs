@@ -97,14 +97,14 @@ async fn put_batch(shared: &Shared, batch: Vec<PutRequest>) {
     } else {
         "0"
     });
+    // Whether a key repeats in this call: only then does the script track what it wrote.
+    let mut keys: Vec<&str> = batch.iter().map(|p| p.key.as_str()).collect();
+    keys.sort_unstable();
+    let repeats = keys.windows(2).any(|w| w[0] == w[1]);
+    cmd.arg(if repeats { "1" } else { "0" });
     for put in &batch {
-        cmd.arg(put.key.as_str()).arg(put.value.as_slice());
-        match put.expect {
-            Expect::Any => cmd.arg("any"),
-            Expect::Absent => cmd.arg("absent"),
-            Expect::Version(v) => cmd.arg(v),
-        };
-        cmd.arg(put.ttl_ms);
+        cmd.arg(put.value.as_slice())
+            .arg(Condition(put.expect, put.ttl_ms));
     }
     let cmd = &cmd;
     let reply: Result<Value, StoreError> = shared
@@ -138,6 +138,26 @@ async fn put_batch(shared: &Shared, batch: Vec<PutRequest>) {
             for put in batch {
                 put.reply.send(Err(copy_error(&e))).ok();
             }
+        }
+    }
+}
+
+/// A put's condition as the script reads it: `any`, `absent` or the version, then `;<ttl
+/// ms>` when the put sets a TTL; written straight into the command.
+struct Condition(Expect, u64);
+
+impl redis::ToRedisArgs for Condition {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        // Writing into the command's own buffer cannot fail.
+        let _ = match self.0 {
+            Expect::Any => w.write_all(b"any"),
+            Expect::Absent => w.write_all(b"absent"),
+            Expect::Version(v) => write!(w, "{v}"),
+        };
+        if self.1 > 0 {
+            let _ = write!(w, ";{}", self.1);
         }
     }
 }
