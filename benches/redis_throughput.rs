@@ -102,6 +102,7 @@ fn main() {
         println!("                   ratio {} (target >= 0.70x)", ratios(&ratio(4, 5)));
         println!("  RedisStore CAS (get + conditional put): {} ops/s", rates(&col(6)));
         println!("                   vs raw GET+SET ratio {} (target >= 0.70x)", ratios(&cas_ratio));
+        println!("                   conflicts met: {} (0 expected)", CAS_CONFLICTS.load(Ordering::Relaxed));
         print_cpu();
 
         // Leave nothing behind.
@@ -225,7 +226,7 @@ async fn store_round(
 ) -> (f64, f64, f64, f64, f64) {
     let value = value.to_vec();
     let st = Arc::clone(store);
-    let get = rate("get", move |i| {
+    let get = rate("get", move |_, i| {
         let s = Arc::clone(&st);
         async move {
             s.get(&format!("k{}", i % (CLIENTS * 8))).await.unwrap();
@@ -233,7 +234,7 @@ async fn store_round(
     })
     .await;
     let (rc, pf) = (raw_conn.clone(), prefix.to_owned());
-    let raw_get = rate("raw GET", move |i| {
+    let raw_get = rate("raw GET", move |_, i| {
         let (mut c, p) = (rc.clone(), pf.clone());
         async move {
             let _: Option<Vec<u8>> = redis::cmd("GET")
@@ -245,7 +246,7 @@ async fn store_round(
     })
     .await;
     let (st, val) = (Arc::clone(store), value.clone());
-    let put = rate("put", move |i| {
+    let put = rate("put", move |_, i| {
         let (s, v) = (Arc::clone(&st), val.clone());
         async move {
             s.put(&format!("k{}", i % (CLIENTS * 8)), v, PutOptions::new())
@@ -255,7 +256,7 @@ async fn store_round(
     })
     .await;
     let (rc, pf, val) = (raw_conn.clone(), prefix.to_owned(), value.clone());
-    let raw_set = rate("raw SET", move |i| {
+    let raw_set = rate("raw SET", move |_, i| {
         let (mut c, p, v) = (rc.clone(), pf.clone(), val.clone());
         async move {
             let _: () = redis::cmd("SET")
@@ -267,12 +268,13 @@ async fn store_round(
         }
     })
     .await;
-    // Compare-and-set on a key per client, so every CAS succeeds (a conflict is not work).
+    // Compare-and-set on a key per client, so every CAS succeeds (a conflict is not work;
+    // conflicts are counted and printed all the same).
     let (st, val) = (Arc::clone(store), value.clone());
-    let cas = rate("CAS", move |i| {
+    let cas = rate("CAS", move |client, _| {
         let (s, v) = (Arc::clone(&st), val.clone());
         async move {
-            let key = format!("cas{}", i % CLIENTS);
+            let key = format!("cas{client}");
             loop {
                 let expect = match s.get(&key).await.unwrap() {
                     Some(cur) => Expect::Version(cur.version),
@@ -283,7 +285,10 @@ async fn store_round(
                     .await
                 {
                     Ok(_) => break,
-                    Err(e) if e.is_conflict() => continue,
+                    Err(e) if e.is_conflict() => {
+                        CAS_CONFLICTS.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     Err(e) => panic!("{e}"),
                 }
             }
@@ -293,10 +298,14 @@ async fn store_round(
     (get, raw_get, put, raw_set, cas)
 }
 
-/// Operations per second of `op(i)` for `OPS` operations from `CLIENTS` concurrent tasks.
+/// Conflicts the CAS clients met (none expected: each client has a key of its own).
+static CAS_CONFLICTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Operations per second of `op(client, i)` for `OPS` operations (`i` counts them) from
+/// `CLIENTS` concurrent tasks (`client` numbers them).
 async fn rate<F, Fut>(label: &'static str, op: F) -> f64
 where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     cpu_span(label, OPS, rate_inner(op)).await
@@ -304,14 +313,14 @@ where
 
 async fn rate_inner<F, Fut>(op: F) -> f64
 where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..CLIENTS)
-        .map(|_| {
+        .map(|client| {
             let (op, next) = (Arc::clone(&op), Arc::clone(&next));
             tokio::spawn(async move {
                 loop {
@@ -319,7 +328,7 @@ where
                     if i >= OPS {
                         break;
                     }
-                    op(i).await;
+                    op(client, i).await;
                 }
             })
         })

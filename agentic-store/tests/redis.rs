@@ -278,3 +278,57 @@ async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
         .await
         .expect("clean up");
 }
+
+/// Unconditional puts to one key made at the same time share a transaction (values by
+/// `MSET`, versions by `put_plain.lua`), with the key repeated in it: each put still gets
+/// its own version, and the value left is the one of the put that got the highest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_plain_puts_to_one_key_keep_value_and_version_together() {
+    let Some(url) = url() else { return };
+    let (ns, base, mut raw) = private_namespace(&url, "hot").await;
+    let store = RedisStore::connect_with(RedisStoreConfig::new(&url).namespace(&ns))
+        .await
+        .expect("connect the store");
+    let first = store
+        .put("hot", b"start".to_vec(), PutOptions::new())
+        .await
+        .expect("first put");
+
+    let puts = (0..48u32).map(|i| {
+        let store = store.clone();
+        async move {
+            let value = format!("value {i}").into_bytes();
+            let version = store
+                .put("hot", value.clone(), PutOptions::new())
+                .await
+                .unwrap_or_else(|e| panic!("put {i} failed: {e}"));
+            (version, value)
+        }
+    });
+    let mut results = futures::future::join_all(puts).await;
+    results.sort();
+    let versions: Vec<u64> = results.iter().map(|(v, _)| *v).collect();
+    let expected: Vec<u64> = (first + 1..=first + 48).collect();
+    assert_eq!(versions, expected, "every put gets its own next version");
+    let (top, value) = results.pop().expect("48 results");
+    let now = store
+        .get("hot")
+        .await
+        .expect("get")
+        .expect("the key exists");
+    assert_eq!(now.version, top, "the version left is the highest answered");
+    assert_eq!(
+        now.value.to_vec(),
+        value,
+        "the value left is the one of the put that got the highest version"
+    );
+
+    let keys: Vec<String> = ["n:hot", "v:hot", "ver", "idx", "exp", "layout"]
+        .map(|k| format!("{base}{k}"))
+        .to_vec();
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut raw)
+        .await
+        .expect("clean up");
+}

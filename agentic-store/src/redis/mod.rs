@@ -110,6 +110,8 @@ impl RedisStoreConfig {
 
 struct Scripts {
     put: redis::Script,
+    /// `put_plain.lua` without its comment lines: sent as `EVAL` text (see `writer.rs`).
+    put_plain: String,
     delete: redis::Script,
     scan: redis::Script,
     lock: redis::Script,
@@ -235,6 +237,11 @@ impl RedisStore {
             config,
             scripts: Scripts {
                 put: s(include_str!("put.lua")),
+                put_plain: include_str!("put_plain.lua")
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
                 delete: s(include_str!("delete.lua")),
                 scan: s(include_str!("scan.lua")),
                 lock: s(include_str!("lock.lua")),
