@@ -7,9 +7,10 @@
 //!
 //! Queue: 256-byte payloads, batches of 100, one producer and `CONSUMERS` consumers running
 //! at once; a job counts when it is acked. Raw: pipelined `LPUSH`, `LMOVE` to a processing
-//! list, `LREM` from it (the minimal reliable-queue pattern). Store: `OPS` operations from
+//! list, `LREM` from it (the minimal reliable-queue pattern). Store: 40,000 operations from
 //! `CLIENTS` concurrent tasks for get, put and compare-and-set, against raw `GET`/`SET`.
-//! `AGENTIC_BENCH_JOBS` overrides the job count (default 100,000); `AGENTIC_BENCH_ROUNDS`
+//! `AGENTIC_BENCH_JOBS` overrides the job count (default 100,000), `AGENTIC_BENCH_OPS` the
+//! store operations per measurement (default 40,000; more give steadier figures); `AGENTIC_BENCH_ROUNDS`
 //! the number of rounds (default 3). Each round runs ours and raw back to back (queue, then
 //! get, put and CAS beside GET and SET), so a round's ratio compares the two under the same
 //! neighbours' load on a shared machine; printed are each round's figures, and the median
@@ -29,7 +30,20 @@ const BATCH: usize = 100;
 const CONSUMERS: usize = 4;
 const PAYLOAD: usize = 256;
 const CLIENTS: usize = 16;
-const OPS: usize = 40_000;
+/// Store operations per measurement, unless `AGENTIC_BENCH_OPS` says otherwise.
+const DEFAULT_OPS: usize = 40_000;
+static OPS_SETTING: OnceLock<usize> = OnceLock::new();
+
+/// Store operations per measurement.
+fn ops() -> usize {
+    *OPS_SETTING.get_or_init(|| {
+        std::env::var("AGENTIC_BENCH_OPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(DEFAULT_OPS)
+            .max(1)
+    })
+}
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument could follow. Neither matters here.
@@ -95,7 +109,7 @@ fn main() {
         println!("  RedisQueue enqueue+dequeue+ack : {} jobs/s", rates(&col(0)));
         println!("  raw LPUSH + LMOVE + LREM       : {} jobs/s", rates(&col(1)));
         println!("  ratio, median of rounds        : {} (target >= 0.50x)", ratios(&ratio(0, 1)));
-        println!("redis store, {OPS} ops from {CLIENTS} concurrent clients x {rounds} rounds, {PAYLOAD} B values:");
+        println!("redis store, {} ops from {CLIENTS} concurrent clients x {rounds} rounds, {PAYLOAD} B values:", ops());
         println!("  RedisStore get : {} ops/s   raw GET {} ops/s", rates(&col(2)), rates(&col(3)));
         println!("                   ratio {} (target >= 0.70x)", ratios(&ratio(2, 3)));
         println!("  RedisStore put : {} ops/s   raw SET {} ops/s", rates(&col(4)), rates(&col(5)));
@@ -301,14 +315,14 @@ async fn store_round(
 /// Conflicts the CAS clients met (none expected: each client has a key of its own).
 static CAS_CONFLICTS: AtomicUsize = AtomicUsize::new(0);
 
-/// Operations per second of `op(client, i)` for `OPS` operations (`i` counts them) from
+/// Operations per second of `op(client, i)` for [`ops`] operations (`i` counts them) from
 /// `CLIENTS` concurrent tasks (`client` numbers them).
 async fn rate<F, Fut>(label: &'static str, op: F) -> f64
 where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    cpu_span(label, OPS, rate_inner(op)).await
+    cpu_span(label, ops(), rate_inner(op)).await
 }
 
 async fn rate_inner<F, Fut>(op: F) -> f64
@@ -325,7 +339,7 @@ where
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= OPS {
+                    if i >= ops() {
                         break;
                     }
                     op(client, i).await;
@@ -336,7 +350,7 @@ where
     for t in tasks {
         t.await.unwrap();
     }
-    OPS as f64 / start.elapsed().as_secs_f64()
+    ops() as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn queue_ours(url: &str, prefix: &str, jobs: usize) -> f64 {

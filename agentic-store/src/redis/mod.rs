@@ -110,7 +110,8 @@ impl RedisStoreConfig {
 
 struct Scripts {
     put: redis::Script,
-    /// `put_plain.lua` without its comment lines: sent as `EVAL` text (see `writer.rs`).
+    /// `put_plain.lua` without comment lines and indentation: sent as `EVAL` text (see
+    /// `writer.rs`), so every byte is read and hashed by Redis on every call.
     put_plain: String,
     delete: redis::Script,
     scan: redis::Script,
@@ -239,7 +240,8 @@ impl RedisStore {
                 put: s(include_str!("put.lua")),
                 put_plain: include_str!("put_plain.lua")
                     .lines()
-                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with("--"))
                     .collect::<Vec<_>>()
                     .join("\n"),
                 delete: s(include_str!("delete.lua")),
