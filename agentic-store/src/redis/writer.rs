@@ -193,23 +193,37 @@ async fn put_batch(shared: &Shared, batch: Vec<PutRequest>) {
     }
 }
 
-/// A put's condition as the script reads it: `any`, `absent` or the version, then `;<ttl
-/// ms>` when the put sets a TTL; written straight into the command.
+/// A put's condition as `put.lua` reads it, two arguments: `any`, `absent` or the version,
+/// then `;<ttl ms>` when the put sets a TTL; and for a compare-and-set without TTL the
+/// version it writes (the expected one plus one), else an empty string. Written straight
+/// into the command.
 struct Condition(Expect, u64);
 
 impl redis::ToRedisArgs for Condition {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
         use std::io::Write;
-        let mut w = out.writer_for_next_arg();
-        // Writing into the command's own buffer cannot fail.
-        let _ = match self.0 {
-            Expect::Any => w.write_all(b"any"),
-            Expect::Absent => w.write_all(b"absent"),
-            Expect::Version(v) => write!(w, "{v}"),
-        };
-        if self.1 > 0 {
-            let _ = write!(w, ";{}", self.1);
+        {
+            let mut w = out.writer_for_next_arg();
+            // Writing into the command's own buffer cannot fail.
+            let _ = match self.0 {
+                Expect::Any => w.write_all(b"any"),
+                Expect::Absent => w.write_all(b"absent"),
+                Expect::Version(v) => write!(w, "{v}"),
+            };
+            if self.1 > 0 {
+                let _ = write!(w, ";{}", self.1);
+            }
         }
+        let mut w = out.writer_for_next_arg();
+        if let (Expect::Version(v), 0) = (self.0, self.1)
+            && let Some(next) = v.checked_add(1)
+        {
+            let _ = write!(w, "{next}");
+        }
+    }
+
+    fn num_of_args(&self) -> usize {
+        2
     }
 }
 
