@@ -332,3 +332,45 @@ async fn concurrent_plain_puts_to_one_key_keep_value_and_version_together() {
         .await
         .expect("clean up");
 }
+
+/// Batched calls run on the runtime the store was connected on, so a caller on another
+/// runtime (here a current-thread one on a thread of its own) is served as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_on_another_runtime_is_served() {
+    let Some(url) = url() else { return };
+    let (ns, base, mut raw) = private_namespace(&url, "elsewhere").await;
+    let store = RedisStore::connect_with(RedisStoreConfig::new(&url).namespace(&ns))
+        .await
+        .expect("connect the store");
+    let other = store.clone();
+    let (version, got) = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a second runtime");
+        rt.block_on(async move {
+            let version = other
+                .put("k", b"from elsewhere".to_vec(), PutOptions::new())
+                .await
+                .expect("put from the other runtime");
+            let got = other.get("k").await.expect("get from the other runtime");
+            (version, got)
+        })
+    })
+    .await
+    .expect("the other runtime's thread");
+    let got = got.expect("the key exists");
+    assert_eq!(
+        (got.version, got.value.to_vec()),
+        (version, b"from elsewhere".to_vec())
+    );
+
+    let keys: Vec<String> = ["n:k", "v:k", "ver", "idx", "exp", "layout"]
+        .map(|k| format!("{base}{k}"))
+        .to_vec();
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut raw)
+        .await
+        .expect("clean up");
+}

@@ -178,16 +178,16 @@ async fn migrate(shared: &Shared) -> Result<(), StoreError> {
 /// | persistence | whatever the server is configured for |
 /// | fencing | yes, tokens from one `INCR` counter per namespace |
 ///
-/// Puts that callers make at the same time share one script call, and gets one `MGET`
-/// (see [`writer`]); a lone call goes out at once. Two small tasks do that batching on the
-/// Tokio runtime the store was connected on, so use the store on that runtime: if it shuts
-/// down, calls fail with a (non-retryable) backend error saying the task stopped.
+/// Puts that callers make at the same time share one call, and gets one `MGET` (see
+/// [`writer`]); a lone call goes out at once. The calls run as tasks on the Tokio runtime
+/// the store was connected on, as does the connection: if that runtime shuts down, calls
+/// fail with a (non-retryable) backend error.
 #[derive(Clone)]
 pub struct RedisStore {
     client: redis::Client,
     shared: Arc<Shared>,
-    writer: tokio::sync::mpsc::Sender<writer::PutRequest>,
-    reader: tokio::sync::mpsc::Sender<writer::GetRequest>,
+    writer: Arc<writer::Batcher<writer::PutRequest>>,
+    reader: Arc<writer::Batcher<writer::GetRequest>>,
 }
 
 /// What the store's calls and its put batching task share.
@@ -220,6 +220,12 @@ impl RedisStore {
                 config.namespace
             )));
         }
+        // Batched calls run on this runtime (see `writer::Batcher`).
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            backend(format!(
+                "RedisStore::connect must run on a Tokio runtime: {e}"
+            ))
+        })?;
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| map_err("open the Redis URL", e))?;
         let manager = ConnectionManagerConfig::new()
@@ -255,8 +261,8 @@ impl RedisStore {
         migrate(&shared).await?;
         Ok(RedisStore {
             client,
-            writer: writer::start(Arc::clone(&shared)),
-            reader: writer::start_reader(Arc::clone(&shared)),
+            writer: writer::Batcher::new(Arc::clone(&shared), runtime.clone()),
+            reader: writer::Batcher::new(Arc::clone(&shared), runtime),
             shared,
         })
     }
@@ -403,8 +409,9 @@ impl StateStore for RedisStore {
             key: key.to_owned(),
             reply,
         };
-        let stopped = || backend("the store's get task has stopped".to_owned());
-        self.reader.send(request).await.map_err(|_| stopped())?;
+        let stopped =
+            || backend("the store's get call was dropped (runtime shut down?)".to_owned());
+        self.reader.submit(request);
         match answer.await.map_err(|_| stopped())?? {
             (Some(n), Some(v)) => {
                 let version = parse_version(&n).ok_or_else(|| {
@@ -433,8 +440,9 @@ impl StateStore for RedisStore {
             ttl_ms: ttl,
             reply,
         };
-        let stopped = || backend("the store's put task has stopped".to_owned());
-        self.writer.send(request).await.map_err(|_| stopped())?;
+        let stopped =
+            || backend("the store's put call was dropped (runtime shut down?)".to_owned());
+        self.writer.submit(request);
         let n = answer.await.map_err(|_| stopped())??;
         if n > 0 {
             return Ok(n as u64);
