@@ -190,7 +190,7 @@ pub struct RedisStore {
     reader: Arc<writer::Batcher<writer::GetRequest>>,
 }
 
-/// What the store's calls and its put batching task share.
+/// What the store's calls and its batched calls share.
 struct Shared {
     conn: ConnectionManager,
     config: RedisStoreConfig,
