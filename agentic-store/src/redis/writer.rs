@@ -18,6 +18,7 @@
 //! TTL, a change to publish). Gets are batched the same way into one `MGET`, up to
 //! [`READ_IN_FLIGHT`] calls at a time.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -262,7 +263,7 @@ pub(super) trait Batched: Sized + Send + 'static {
     /// Calls of this kind running at once, at most.
     const IN_FLIGHT: usize;
     /// Takes the next batch off the front of `queue` (never empty when called).
-    fn take(queue: &mut Vec<Self>) -> Vec<Self>;
+    fn take(queue: &mut VecDeque<Self>) -> Vec<Self>;
     /// Runs one call for `batch` and answers every caller in it.
     fn run(shared: &Shared, batch: Vec<Self>) -> impl Future<Output = ()> + Send + '_;
 }
@@ -270,7 +271,7 @@ pub(super) trait Batched: Sized + Send + 'static {
 impl Batched for PutRequest {
     const IN_FLIGHT: usize = IN_FLIGHT;
 
-    fn take(queue: &mut Vec<Self>) -> Vec<Self> {
+    fn take(queue: &mut VecDeque<Self>) -> Vec<Self> {
         let mut bytes = 0;
         let n = queue
             .iter()
@@ -293,7 +294,7 @@ impl Batched for PutRequest {
 impl Batched for GetRequest {
     const IN_FLIGHT: usize = READ_IN_FLIGHT;
 
-    fn take(queue: &mut Vec<Self>) -> Vec<Self> {
+    fn take(queue: &mut VecDeque<Self>) -> Vec<Self> {
         let n = queue.len().min(MAX_READ_BATCH);
         queue.drain(..n).collect()
     }
@@ -319,7 +320,8 @@ pub(super) struct Batcher<R> {
 }
 
 struct BatchState<R> {
-    queue: Vec<R>,
+    /// Requests waiting for a call, oldest first.
+    queue: VecDeque<R>,
     /// Calls running (at most `R::IN_FLIGHT`).
     in_flight: usize,
     /// A call is about to take the queue: the next request joins it instead of starting one.
@@ -332,7 +334,7 @@ impl<R: Batched> Batcher<R> {
             shared,
             runtime,
             state: Mutex::new(BatchState {
-                queue: Vec::new(),
+                queue: VecDeque::new(),
                 in_flight: 0,
                 pending: false,
             }),
@@ -349,7 +351,7 @@ impl<R: Batched> Batcher<R> {
     pub(super) fn submit(self: &Arc<Self>, request: R) {
         let start = {
             let mut st = self.state();
-            st.queue.push(request);
+            st.queue.push_back(request);
             let start = st.in_flight < R::IN_FLIGHT && !st.pending;
             if start {
                 st.in_flight += 1;
