@@ -59,8 +59,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
 use crate::{
-    Delivery, JobId, NackOutcome, NewJob, QueueCapabilities, QueueError, QueueStats, Retry,
-    TaskQueue,
+    DeadLetter, Delivery, Enqueued, JobId, Lease, NackOutcome, NewJob, QueueCapabilities,
+    QueueError, QueueStats, Retry, TaskQueue,
 };
 
 /// The lease used where a case wants it to run out.
@@ -219,6 +219,118 @@ impl<T: TaskQueue + 'static> IntoQueueUnderTest for T {
 impl<T: TaskQueue + 'static> IntoQueueUnderTest for Option<T> {
     fn into_queue_under_test(self) -> Option<Arc<dyn TaskQueue>> {
         self.map(|queue| Arc::new(queue) as Arc<dyn TaskQueue>)
+    }
+}
+
+/// A queue under test that remembers the names of the queues used through it and, when
+/// dropped, hands them to a clean-up function: a backend's tests wrap their queue in it so
+/// that every case leaves nothing behind on the broker, even a case that fails.
+///
+/// ```
+/// use agentic_queue::{MemoryQueue, testkit::Tracked};
+///
+/// let queue = Tracked::new(MemoryQueue::new(), |_queue, names| {
+///     // Delete `names` on the broker here.
+///     let _ = names;
+/// });
+/// # drop(queue);
+/// ```
+pub struct Tracked<Q> {
+    /// The queue itself; calls made on it directly are not tracked.
+    pub inner: Q,
+    used: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    on_drop: Option<OnDrop<Q>>,
+}
+
+type OnDrop<Q> = Box<dyn FnOnce(&Q, Vec<String>) + Send + Sync>;
+
+impl<Q> Tracked<Q> {
+    /// Wraps `inner`; `on_drop` gets it and the queue names used, once, when this is dropped.
+    pub fn new(inner: Q, on_drop: impl FnOnce(&Q, Vec<String>) + Send + Sync + 'static) -> Self {
+        Tracked {
+            inner,
+            used: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            on_drop: Some(Box::new(on_drop)),
+        }
+    }
+
+    fn track(&self, queue: &str) {
+        if !queue.is_empty() {
+            let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+            used.insert(queue.to_owned());
+        }
+    }
+}
+
+impl<Q> Drop for Tracked<Q> {
+    fn drop(&mut self) {
+        let names: Vec<String> =
+            std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        if let Some(on_drop) = self.on_drop.take()
+            && !names.is_empty()
+        {
+            on_drop(&self.inner, names);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<Q: TaskQueue> TaskQueue for Tracked<Q> {
+    fn capabilities(&self) -> QueueCapabilities {
+        self.inner.capabilities()
+    }
+    fn consumer_concurrency(&self, queue: &str, concurrency: usize) {
+        self.track(queue);
+        self.inner.consumer_concurrency(queue, concurrency)
+    }
+    async fn enqueue_batch(
+        &self,
+        queue: &str,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        self.track(queue);
+        self.inner.enqueue_batch(queue, jobs).await
+    }
+    async fn dequeue(
+        &self,
+        queue: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        self.track(queue);
+        self.inner.dequeue(queue, max, lease, wait).await
+    }
+    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+        self.inner.ack(lease).await
+    }
+    async fn ack_batch(&self, leases: &[Lease]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        self.inner.ack_batch(leases).await
+    }
+    async fn nack(
+        &self,
+        lease: &Lease,
+        retry: Retry,
+        reason: &str,
+    ) -> Result<NackOutcome, QueueError> {
+        self.inner.nack(lease, retry, reason).await
+    }
+    async fn extend_lease(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {
+        self.inner.extend_lease(lease, lease_for).await
+    }
+    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.track(queue);
+        self.inner.dead_letters(queue, limit).await
+    }
+    async fn requeue_dead(&self, queue: &str, ids: &[JobId]) -> Result<usize, QueueError> {
+        self.track(queue);
+        self.inner.requeue_dead(queue, ids).await
+    }
+    async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        self.track(queue);
+        self.inner.stats(queue).await
     }
 }
 

@@ -8,14 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use agentic_queue::testkit::Tracked;
 use agentic_queue::{
-    AmqpQueue, AmqpQueueConfig, DeadLetter, Delivery, Enqueued, JobId, Lease, NackOutcome, NewJob,
-    QueueCapabilities, QueueError, QueueStats, Retry, TaskQueue,
+    AmqpQueue, AmqpQueueConfig, Delivery, JobId, NackOutcome, NewJob, QueueError, QueueStats,
+    Retry, TaskQueue,
 };
-use async_trait::async_trait;
 
 fn amqp_url() -> Option<String> {
     match std::env::var("AGENTIC_AMQP_URL") {
@@ -38,35 +38,16 @@ fn test_config(url: String) -> AmqpQueueConfig {
 
 /// An `AmqpQueue` that remembers every queue name it was used with and deletes them on
 /// the broker when dropped, so a test leaves nothing behind even when it fails.
-struct Cleanup {
-    queue: AmqpQueue,
-    used: Mutex<HashSet<String>>,
-    _settings: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+type Cleanup = Tracked<AmqpQueue>;
+
+fn cleanup(queue: AmqpQueue) -> Cleanup {
+    cleanup_holding(queue, ())
 }
 
-impl Cleanup {
-    fn new(queue: AmqpQueue) -> Self {
-        Cleanup {
-            queue,
-            used: Mutex::new(HashSet::new()),
-            _settings: None,
-        }
-    }
-
-    fn track(&self, name: &str) {
-        if !name.is_empty() {
-            self.used.lock().unwrap().insert(name.to_owned());
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let names: Vec<String> = self.used.lock().unwrap().drain().collect();
-        if names.is_empty() {
-            return;
-        }
-        let queue = self.queue.clone();
+/// The same, holding `guard` until the queues are deleted.
+fn cleanup_holding<G: Send + Sync + 'static>(queue: AmqpQueue, guard: G) -> Cleanup {
+    Tracked::new(queue, move |queue, names| {
+        let queue = queue.clone();
         // Drop cannot await; a thread with its own runtime deletes the queues while the
         // test's runtime (which drives the connection) keeps running.
         let done = std::thread::spawn(move || {
@@ -83,61 +64,8 @@ impl Drop for Cleanup {
             });
         });
         let _ = done.join();
-    }
-}
-
-#[async_trait]
-impl TaskQueue for Cleanup {
-    fn capabilities(&self) -> QueueCapabilities {
-        self.queue.capabilities()
-    }
-    fn consumer_concurrency(&self, queue: &str, concurrency: usize) {
-        self.queue.consumer_concurrency(queue, concurrency)
-    }
-    async fn enqueue_batch(
-        &self,
-        queue: &str,
-        jobs: Vec<NewJob>,
-    ) -> Result<Vec<Enqueued>, QueueError> {
-        self.track(queue);
-        self.queue.enqueue_batch(queue, jobs).await
-    }
-    async fn dequeue(
-        &self,
-        queue: &str,
-        max: usize,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
-        self.track(queue);
-        self.queue.dequeue(queue, max, lease, wait).await
-    }
-    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
-        self.queue.ack(lease).await
-    }
-    async fn nack(
-        &self,
-        lease: &Lease,
-        retry: Retry,
-        reason: &str,
-    ) -> Result<NackOutcome, QueueError> {
-        self.queue.nack(lease, retry, reason).await
-    }
-    async fn extend_lease(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {
-        self.queue.extend_lease(lease, lease_for).await
-    }
-    async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        self.track(queue);
-        self.queue.dead_letters(queue, limit).await
-    }
-    async fn requeue_dead(&self, queue: &str, ids: &[JobId]) -> Result<usize, QueueError> {
-        self.track(queue);
-        self.queue.requeue_dead(queue, ids).await
-    }
-    async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
-        self.track(queue);
-        self.queue.stats(queue).await
-    }
+        drop(guard);
+    })
 }
 
 async fn connect(config: AmqpQueueConfig) -> AmqpQueue {
@@ -159,9 +87,7 @@ async fn shared_queue_with_dedupe() -> Option<Cleanup> {
 
 async fn shared_queue_with(config: AmqpQueueConfig) -> Option<Cleanup> {
     let guard = broker_settings_unchanged().await;
-    let mut queue = Cleanup::new(connect(config).await);
-    queue._settings = Some(guard);
-    Some(queue)
+    Some(cleanup_holding(connect(config).await, guard))
 }
 
 /// Held (shared) by every test while it runs; the consumer-timeout test takes it
@@ -200,7 +126,7 @@ fn unique(what: &str) -> String {
 async fn private_queue(url: &str, name: &str) -> Cleanup {
     let mut config = test_config(url.to_owned()).connection_name(name);
     config.reconnect_timeout = Duration::from_secs(20);
-    Cleanup::new(connect(config).await)
+    cleanup(connect(config).await)
 }
 
 /// `rabbitmqctl` with arguments; panics (loudly) when it cannot run: with
@@ -725,8 +651,8 @@ async fn a_task_longer_than_the_consumer_timeout_keeps_its_lease_with_heartbeats
 
     let mut config = test_config(url.clone()).connection_name(format!("agentic-test-{name}"));
     config.consumer_timeout = TIMEOUT;
-    let worker = Cleanup::new(connect(config).await);
-    let other = Cleanup::new(connect(test_config(url.clone())).await);
+    let worker = cleanup(connect(config).await);
+    let other = cleanup(connect(test_config(url.clone())).await);
     worker
         .enqueue_batch(
             &name,
@@ -860,7 +786,7 @@ async fn a_buffered_delivery_outlives_the_consumer_timeout_without_losing_an_att
         .connection_name(format!("agentic-test-{name}"))
         .prefetch_for_concurrency(2);
     config.consumer_timeout = TIMEOUT;
-    let worker = Cleanup::new(connect(config).await);
+    let worker = cleanup(connect(config).await);
     worker
         .enqueue_batch(
             &name,
@@ -991,13 +917,13 @@ async fn the_prefetch_is_the_concurrency_the_worker_says() {
     let work = format!("agentic-test.{name}");
     let config = test_config(url.clone()).connection_name(format!("agentic-test-{name}"));
     assert!(config.prefetch_from_workers, "on by default");
-    let queue = Cleanup::new(connect(config).await);
+    let queue = cleanup(connect(config).await);
     let jobs: Vec<NewJob> = (0..10)
         .map(|i| NewJob::new(i.to_string().into_bytes()))
         .collect();
     queue.enqueue_batch(&name, jobs).await.unwrap();
-    queue.queue.consumer_concurrency(&name, 2);
-    queue.queue.consumer_concurrency(&name, 1);
+    queue.inner.consumer_concurrency(&name, 2);
+    queue.inner.consumer_concurrency(&name, 1);
 
     let lease = Duration::from_secs(60);
     let first = queue
@@ -1010,7 +936,7 @@ async fn the_prefetch_is_the_concurrency_the_worker_says() {
     assert_eq!((stats.ready, stats.leased), (7, 3), "{stats:?}");
 
     // A later worker in the same process: the running consumer stays as it is.
-    queue.queue.consumer_concurrency(&name, 4);
+    queue.inner.consumer_concurrency(&name, 4);
     let seen: HashSet<usize> = first.iter().map(payload_number).collect();
     for d in &first {
         queue.ack(&d.lease).await.unwrap();
@@ -1033,7 +959,7 @@ async fn the_prefetch_follows_the_concurrency_asked_for() {
     let work = format!("agentic-test.{name}");
     let mut config = test_config(url.clone()).connection_name(format!("agentic-test-{name}"));
     config.prefetch = None;
-    let queue = Cleanup::new(connect(config).await);
+    let queue = cleanup(connect(config).await);
     let jobs: Vec<NewJob> = (0..10)
         .map(|i| NewJob::new(i.to_string().into_bytes()))
         .collect();
@@ -1062,7 +988,7 @@ async fn the_prefetch_follows_the_concurrency_asked_for() {
     // Configured: the prefetch stays what was set, whatever is asked for.
     let fixed_name = unique("prefetch-fixed");
     let fixed_work = format!("agentic-test.{fixed_name}");
-    let fixed = Cleanup::new(
+    let fixed = cleanup(
         connect(
             test_config(url.clone())
                 .connection_name(format!("agentic-test-{fixed_name}"))

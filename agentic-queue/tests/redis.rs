@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentic_queue::testkit::Tracked;
 use agentic_queue::{NewJob, QueueError, RedisQueue, RedisQueueConfig, Retry, TaskQueue};
 
 fn redis_url() -> Option<String> {
@@ -26,18 +27,41 @@ fn redis_url() -> Option<String> {
     }
 }
 
-async fn shared_queue() -> Option<RedisQueue> {
+async fn shared_queue() -> Option<Tracked<RedisQueue>> {
     let url = redis_url()?;
     // Every case uses its own queue name under this prefix and drains what it made.
     // Idempotency keys outlive their jobs until the dedupe window ends (by design); a short
     // window makes the tests' keys expire soon after the run instead of in 24 hours.
-    let mut config = RedisQueueConfig::new(url).key_prefix("agentic-test");
+    let mut config = RedisQueueConfig::new(url.clone()).key_prefix("agentic-test");
     config.dedupe_window = Duration::from_secs(60);
-    Some(
-        RedisQueue::connect_with(config)
-            .await
-            .expect("AGENTIC_REDIS_URL is set but Redis cannot be reached"),
-    )
+    let queue = RedisQueue::connect_with(config)
+        .await
+        .expect("AGENTIC_REDIS_URL is set but Redis cannot be reached");
+    // A drained queue still has its token counter and the `leased` sentinel (by design);
+    // when the case ends, pass or fail, every key of the queues it used goes.
+    Some(Tracked::new(queue, move |_, names| {
+        delete_queue_keys(&url, "agentic-test", &names)
+    }))
+}
+
+/// Deletes every key of the queues `names` under `prefix` (`<prefix>:{<name>}:*`).
+fn delete_queue_keys(url: &str, prefix: &str, names: &[String]) {
+    let deleted = redis::Client::open(url)
+        .and_then(|client| client.get_connection())
+        .and_then(|mut conn| {
+            for name in names {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}:{{{name}}}:*"))
+                    .query(&mut conn)?;
+                if !keys.is_empty() {
+                    redis::cmd("DEL").arg(keys).query::<()>(&mut conn)?;
+                }
+            }
+            Ok(())
+        });
+    if let Err(e) = deleted {
+        eprintln!("cleanup: could not delete the keys of {names:?}: {e}");
+    }
 }
 
 mod conformance {

@@ -47,6 +47,33 @@ async fn private_namespace(
     (ns, base, raw)
 }
 
+/// A store on a private namespace (see [`private_namespace`]), with the namespace's key base
+/// and a raw connection.
+async fn private_store(
+    url: &str,
+    tag: &str,
+) -> (RedisStore, String, redis::aio::MultiplexedConnection) {
+    let (ns, base, raw) = private_namespace(url, tag).await;
+    let store = RedisStore::connect_with(RedisStoreConfig::new(url).namespace(&ns))
+        .await
+        .expect("connect the store");
+    (store, base, raw)
+}
+
+/// Deletes `keys` of a private namespace and the namespace's own keys.
+async fn clean_up(raw: &mut redis::aio::MultiplexedConnection, base: &str, keys: &[&str]) {
+    let all: Vec<String> = keys
+        .iter()
+        .chain(&["ver", "idx", "exp", "layout"])
+        .map(|k| format!("{base}{k}"))
+        .collect();
+    let _: () = redis::cmd("DEL")
+        .arg(all)
+        .query_async(raw)
+        .await
+        .expect("clean up");
+}
+
 mod with_watch {
     use super::*;
 
@@ -285,10 +312,7 @@ async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_plain_puts_to_one_key_keep_value_and_version_together() {
     let Some(url) = url() else { return };
-    let (ns, base, mut raw) = private_namespace(&url, "hot").await;
-    let store = RedisStore::connect_with(RedisStoreConfig::new(&url).namespace(&ns))
-        .await
-        .expect("connect the store");
+    let (store, base, mut raw) = private_store(&url, "hot").await;
     let first = store
         .put("hot", b"start".to_vec(), PutOptions::new())
         .await
@@ -323,14 +347,7 @@ async fn concurrent_plain_puts_to_one_key_keep_value_and_version_together() {
         "the value left is the one of the put that got the highest version"
     );
 
-    let keys: Vec<String> = ["n:hot", "v:hot", "ver", "idx", "exp", "layout"]
-        .map(|k| format!("{base}{k}"))
-        .to_vec();
-    let _: () = redis::cmd("DEL")
-        .arg(keys)
-        .query_async(&mut raw)
-        .await
-        .expect("clean up");
+    clean_up(&mut raw, &base, &["n:hot", "v:hot"]).await;
 }
 
 /// Batched calls run on the runtime the store was connected on, so a caller on another
@@ -338,10 +355,7 @@ async fn concurrent_plain_puts_to_one_key_keep_value_and_version_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_on_another_runtime_is_served() {
     let Some(url) = url() else { return };
-    let (ns, base, mut raw) = private_namespace(&url, "elsewhere").await;
-    let store = RedisStore::connect_with(RedisStoreConfig::new(&url).namespace(&ns))
-        .await
-        .expect("connect the store");
+    let (store, base, mut raw) = private_store(&url, "elsewhere").await;
     let other = store.clone();
     let (version, got) = tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -365,12 +379,55 @@ async fn a_caller_on_another_runtime_is_served() {
         (version, b"from elsewhere".to_vec())
     );
 
-    let keys: Vec<String> = ["n:k", "v:k", "ver", "idx", "exp", "layout"]
-        .map(|k| format!("{base}{k}"))
-        .to_vec();
+    clean_up(&mut raw, &base, &["n:k", "v:k"]).await;
+}
+
+/// In the transaction of unconditional puts the values are written before the versions; a
+/// new key whose version cannot be taken (the namespace's counter holds another type) fails
+/// its own put, its value is removed again, and the other puts are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_failing_after_the_values_are_written_stays_absent() {
+    let Some(url) = url() else { return };
+    let (store, base, mut raw) = private_store(&url, "counter").await;
+    let before = store
+        .put("old", b"1".to_vec(), PutOptions::new())
+        .await
+        .expect("first put");
     let _: () = redis::cmd("DEL")
-        .arg(keys)
+        .arg(format!("{base}ver"))
         .query_async(&mut raw)
         .await
-        .expect("clean up");
+        .expect("drop the counter");
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{base}ver"))
+        .arg("f")
+        .arg("not a counter")
+        .query_async(&mut raw)
+        .await
+        .expect("plant a hash");
+
+    let (old, fresh) = tokio::join!(
+        store.put("old", b"2".to_vec(), PutOptions::new()),
+        store.put("fresh", b"x".to_vec(), PutOptions::new()),
+    );
+    assert_eq!(old.expect("the existing key's put"), before + 1);
+    let err = fresh.expect_err("a new key cannot take a version from a hash");
+    assert!(
+        err.to_string().contains("WRONGTYPE"),
+        "the error does not say why: {err}"
+    );
+    assert_eq!(store.get("fresh").await.expect("get"), None);
+    let left: i64 = redis::cmd("EXISTS")
+        .arg(format!("{base}v:fresh"))
+        .query_async(&mut raw)
+        .await
+        .expect("EXISTS");
+    assert_eq!(left, 0, "the failed put's value stayed behind");
+    let old = store.get("old").await.expect("get").expect("old exists");
+    assert_eq!(
+        (old.version, old.value.to_vec()),
+        (before + 1, b"2".to_vec())
+    );
+
+    clean_up(&mut raw, &base, &["n:old", "v:old"]).await;
 }

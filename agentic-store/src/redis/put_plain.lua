@@ -7,8 +7,9 @@
 --
 -- KEYS[1] is the base; KEYS[i + 1] is the `n:` key of the i-th put. ARGV[1] is '1' when a
 -- key appears more than once in the call. Returns per put the new version, or an error
--- string when that key cannot be written (another Redis type at its `n:` key; its value
--- is deleted again, so the key stays absent as it was).
+-- string when that key cannot be written (another Redis type at its `n:` key, or a new key
+-- while the namespace's `ver` or `idx` holds another type; its value is deleted again, so
+-- the key stays absent as it was, and the other puts are unaffected).
 --
 -- Versions as in put.lua: a key counts its own version up on every write; a new key takes
 -- `INCR <base>ver`; a key that had a TTL (version 't<digits>') becomes permanent, leaves
@@ -43,18 +44,32 @@ for i = 1, n do
     local key = string.sub(nk, #base + 3)
     local s = found[i]
     local kind = s and 'string' or redis.call('TYPE', nk)['ok']
+    local err
+    local v = s and string.byte(s, 1) == 116 and tonumber(string.sub(s, 2))
     if kind ~= 'string' and kind ~= 'none' then
-      redis.call('DEL', base .. 'v:' .. key)
-      out[i] = 'WRONGTYPE ' .. nk .. ' holds a ' .. kind .. ', not a version'
+      err = 'WRONGTYPE ' .. nk .. ' holds a ' .. kind .. ', not a version'
+    elseif v then
+      v = v + 1
+      -- Only the expiry index: if it cannot be cleaned, a write prunes the entry later.
+      redis.pcall('ZREM', base .. 'exp', key)
     else
-      local v = s and string.byte(s, 1) == 116 and tonumber(string.sub(s, 2))
-      if v then
-        v = v + 1
-        redis.call('ZREM', base .. 'exp', key)
+      -- pcall: the values are written already, so a failure here (the namespace's counter or
+      -- index holding another type) must fail this put alone and leave the rest consistent.
+      v = redis.pcall('INCR', base .. 'ver')
+      if type(v) == 'table' then
+        err = v.err
       else
-        v = redis.call('INCR', base .. 'ver')
-        redis.call('ZADD', base .. 'idx', 0, key)
+        local z = redis.pcall('ZADD', base .. 'idx', 0, key)
+        if type(z) == 'table' then err = z.err end
       end
+    end
+    if err then
+      -- A key failing here was absent (or unreadable): deleting the value written for it
+      -- leaves it as it was.
+      redis.call('DEL', base .. 'v:' .. key)
+      out[i] = err
+      cur = nil
+    else
       redis.call('SET', nk, v)
       cur = v
       out[i] = v
