@@ -254,7 +254,8 @@ impl<Q> Tracked<Q> {
         }
     }
 
-    fn track(&self, queue: &str) {
+    /// Remembers `queue` for the clean-up, for a queue used only through another handle.
+    pub fn track(&self, queue: &str) {
         if !queue.is_empty() {
             let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
             used.insert(queue.to_owned());

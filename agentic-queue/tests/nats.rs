@@ -9,7 +9,7 @@
 #![cfg(all(feature = "test-kit", feature = "nats"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agentic_queue::testkit::Tracked;
 use agentic_queue::{
-    DeadLetter, Delivery, Enqueued, JobId, Lease, NackOutcome, NatsQueue, NatsQueueConfig, NewJob,
-    QueueCapabilities, QueueError, QueueStats, Retry, TaskQueue,
+    DeadLetter, Delivery, JobId, Lease, NackOutcome, NatsQueue, NatsQueueConfig, NewJob,
+    QueueError, QueueStats, Retry, TaskQueue,
 };
-use async_trait::async_trait;
 use tokio::time::Instant;
 
 /// The request timeout of the tests' queues: above the 5 s default, because the tests run in
@@ -70,41 +70,19 @@ fn nats_url(test: &str) -> Option<String> {
 
 /// A `NatsQueue` that remembers the queues it touched and deletes their streams when
 /// dropped, so a run leaves nothing on the shared server.
-struct TestQueue {
-    queue: NatsQueue,
-    touched: Mutex<BTreeSet<String>>,
-}
+type TestQueue = Tracked<NatsQueue>;
 
-impl TestQueue {
-    async fn connect(url: String, tweak: impl FnOnce(&mut NatsQueueConfig)) -> TestQueue {
-        let mut config = test_config(url);
-        tweak(&mut config);
-        let queue = NatsQueue::connect_with(config)
-            .await
-            // The variable is set, so NATS is meant to be there: fail loudly, never skip.
-            .unwrap_or_else(|e| panic!("AGENTIC_NATS_URL is set but NATS cannot be used: {e}"));
-        TestQueue {
-            queue,
-            touched: Mutex::new(BTreeSet::new()),
-        }
-    }
-
-    fn touch(&self, q: &str) {
-        if !q.is_empty() {
-            self.touched.lock().unwrap().insert(q.to_owned());
-        }
-    }
-}
-
-impl Drop for TestQueue {
-    fn drop(&mut self) {
-        let queues: Vec<String> = self.touched.lock().unwrap().iter().cloned().collect();
-        if queues.is_empty() {
-            return;
-        }
+async fn test_queue(url: String, tweak: impl FnOnce(&mut NatsQueueConfig)) -> TestQueue {
+    let mut config = test_config(url);
+    tweak(&mut config);
+    let queue = NatsQueue::connect_with(config)
+        .await
+        // The variable is set, so NATS is meant to be there: fail loudly, never skip.
+        .unwrap_or_else(|e| panic!("AGENTIC_NATS_URL is set but NATS cannot be used: {e}"));
+    Tracked::new(queue, |queue, queues| {
         // Drop cannot await and runs inside the test's runtime: clean up on a thread with
         // a runtime of its own, and wait for it.
-        let queue = self.queue.clone();
+        let queue = queue.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -119,62 +97,12 @@ impl Drop for TestQueue {
             });
         })
         .join();
-    }
-}
-
-#[async_trait]
-impl TaskQueue for TestQueue {
-    fn capabilities(&self) -> QueueCapabilities {
-        self.queue.capabilities()
-    }
-    async fn enqueue_batch(&self, q: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
-        self.touch(q);
-        self.queue.enqueue_batch(q, jobs).await
-    }
-    async fn dequeue(
-        &self,
-        q: &str,
-        max: usize,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
-        self.touch(q);
-        self.queue.dequeue(q, max, lease, wait).await
-    }
-    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
-        self.queue.ack(lease).await
-    }
-    async fn ack_batch(&self, leases: &[Lease]) -> Result<Vec<Result<(), QueueError>>, QueueError> {
-        self.queue.ack_batch(leases).await
-    }
-    async fn nack(
-        &self,
-        lease: &Lease,
-        retry: Retry,
-        reason: &str,
-    ) -> Result<NackOutcome, QueueError> {
-        self.queue.nack(lease, retry, reason).await
-    }
-    async fn extend_lease(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {
-        self.queue.extend_lease(lease, lease_for).await
-    }
-    async fn dead_letters(&self, q: &str, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        self.touch(q);
-        self.queue.dead_letters(q, limit).await
-    }
-    async fn requeue_dead(&self, q: &str, ids: &[JobId]) -> Result<usize, QueueError> {
-        self.touch(q);
-        self.queue.requeue_dead(q, ids).await
-    }
-    async fn stats(&self, q: &str) -> Result<QueueStats, QueueError> {
-        self.touch(q);
-        self.queue.stats(q).await
-    }
+    })
 }
 
 async fn shared_queue() -> Option<TestQueue> {
     let url = nats_url("queue conformance")?;
-    Some(TestQueue::connect(url, |_| {}).await)
+    Some(test_queue(url, |_| {}).await)
 }
 
 mod conformance {
@@ -197,9 +125,9 @@ async fn workers_share_no_job(test: &str, workers: usize, jobs: usize) {
     let Some(url) = nats_url(test) else {
         return;
     };
-    let admin = TestQueue::connect(url.clone(), |_| {}).await;
+    let admin = test_queue(url.clone(), |_| {}).await;
     let q = unique(&format!("fault-{workers}w"));
-    admin.touch(&q);
+    admin.track(&q);
     let mut ids = HashSet::new();
     for chunk in 0..jobs / 100 {
         let batch: Vec<NewJob> = (0..100)
@@ -299,9 +227,9 @@ async fn dead_worker_jobs_are_redelivered() {
         c.ack_wait = lease;
         c
     };
-    let admin = TestQueue::connect(url.clone(), |c| c.ack_wait = lease).await;
+    let admin = test_queue(url.clone(), |c| c.ack_wait = lease).await;
     let q = unique("fault-dead");
-    admin.touch(&q);
+    admin.track(&q);
     let jobs: Vec<NewJob> = (0..10)
         .map(|i| NewJob::new(format!("d{i}").into_bytes()).idempotency_key(format!("d{i}")))
         .collect();
@@ -383,7 +311,7 @@ async fn leases_equal_to_and_longer_than_ack_wait() {
         return;
     };
     let ack_wait = Duration::from_secs(1);
-    let owner = TestQueue::connect(url.clone(), |c| c.ack_wait = ack_wait).await;
+    let owner = test_queue(url.clone(), |c| c.ack_wait = ack_wait).await;
     let mut config = test_config(url);
     config.ack_wait = ack_wait;
     let other = NatsQueue::connect_with(config).await.unwrap();
@@ -463,12 +391,12 @@ async fn poison_payloads_are_dead_lettered() {
     let Some(url) = nats_url("poison_payloads_are_dead_lettered") else {
         return;
     };
-    let queue = TestQueue::connect(url, |_| {}).await;
+    let queue = test_queue(url, |_| {}).await;
     let q = unique("fault-poison");
     let fine = NewJob::new(b"fine".to_vec()).idempotency_key("fine");
     retrying("enqueue", || queue.enqueue(&q, fine.clone())).await;
     // Foreign publishers write straight to the level subject.
-    let js = async_nats::jetstream::new(queue.queue.client().clone());
+    let js = async_nats::jetstream::new(queue.inner.client().clone());
     let subject = format!("agqtest.{q}.p.0");
     let plain = js
         .publish(subject.clone(), "plain publish".into())
