@@ -233,14 +233,12 @@ async fn values_in_the_earlier_layout_are_read_and_updated() {
         .expect("re-create");
     assert!(again > v2, "re-created key got {again}, not above {v2}");
 
-    let keys = [
-        "ver", "n:plain", "v:plain", "n:timed", "v:timed", "idx", "exp", "layout",
-    ];
-    let _: () = redis::cmd("DEL")
-        .arg(keys.map(|k| format!("{base}{k}")).to_vec())
-        .query_async(&mut raw)
-        .await
-        .expect("clean up");
+    clean_up(
+        &mut raw,
+        &base,
+        &["n:plain", "v:plain", "n:timed", "v:timed"],
+    )
+    .await;
 }
 
 /// Puts made at the same time share one script call; a key that cannot be written (its
@@ -295,15 +293,12 @@ async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
         Some(64)
     );
 
-    let mut keys: Vec<String> = (0..32)
-        .flat_map(|i| [format!("{base}n:good{i}"), format!("{base}v:good{i}")])
+    let keys: Vec<String> = (0..32)
+        .flat_map(|i| [format!("n:good{i}"), format!("v:good{i}")])
+        .chain(["n:bad".to_owned()])
         .collect();
-    keys.extend(["n:bad", "ver", "idx", "exp", "layout"].map(|k| format!("{base}{k}")));
-    let _: () = redis::cmd("DEL")
-        .arg(keys)
-        .query_async(&mut raw)
-        .await
-        .expect("clean up");
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    clean_up(&mut raw, &base, &keys).await;
 }
 
 /// Unconditional puts to one key made at the same time share a transaction (values by
