@@ -125,9 +125,18 @@ struct Gate {
     open: Arc<std::sync::atomic::AtomicBool>,
     started: Arc<AtomicU32>,
     completed: Arc<Mutex<HashMap<String, u32>>>,
+    /// Card concurrency 1 instead of 8: a worker running one task takes no more jobs.
+    one_at_a_time: bool,
 }
 
 impl Gate {
+    fn one_at_a_time() -> Self {
+        Gate {
+            one_at_a_time: true,
+            ..Gate::default()
+        }
+    }
+
     fn open(&self) {
         self.open.store(true, Ordering::SeqCst);
         self.release.notify_waiters();
@@ -137,7 +146,7 @@ impl Gate {
 #[async_trait]
 impl Agent for Gate {
     fn card(&self) -> AgentCard {
-        AgentCard::new("gate", "gate").concurrency(8)
+        AgentCard::new("gate", "gate").concurrency(if self.one_at_a_time { 1 } else { 8 })
     }
     async fn run(&self, task: &Task, cx: &AgentContext) -> Result<TaskOutput, AgentError> {
         self.started.fetch_add(1, Ordering::SeqCst);
@@ -605,8 +614,10 @@ async fn a_worker_that_dies_mid_task_loses_nothing() {
     let (parts, _rec) = setup();
     let orchestrator = Orchestrator::start(parts.clone());
     let gate = Gate::default();
+    // A lease long enough that a late heartbeat on a loaded machine cannot make it run twice
+    // before the crash.
     let first = Worker::builder(parts.clone())
-        .config(worker_config(300))
+        .config(worker_config(1_000))
         .agent(gate.clone())
         .start();
     let plan = Plan::builder("crash")
@@ -619,15 +630,19 @@ async fn a_worker_that_dies_mid_task_loses_nothing() {
     })
     .await;
     drop(first); // crash: no ack, no nack, no heartbeat
-    // Aborting is asynchronous on a multi-thread runtime; let it land before the gate opens,
-    // or the "dead" run could still finish (which would be correct, but not this test).
-    tokio::time::sleep(Duration::from_millis(50)).await;
 
-    gate.open();
     let _second = Worker::builder(parts.clone())
-        .config(worker_config(300))
+        .config(worker_config(1_000))
         .agent(gate.clone())
         .start();
+    // The gate opens only once the second worker runs the task: its lease had expired by
+    // then, so the dead run's abort (asynchronous on a multi-thread runtime) has landed and
+    // it cannot finish too (which would be correct, but not this test).
+    eventually("the second run to start", || async {
+        gate.started.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    gate.open();
     let result = tokio::time::timeout(WAIT, orchestrator.wait(&goal))
         .await
         .unwrap()
@@ -642,7 +657,6 @@ const GATE_QUEUE: &str = "agentic.task.gate";
 /// Submits a goal whose one task `t` runs on the gate agent and waits until that run has
 /// started; then enqueues what an orchestrator that took the goal over re-enqueues once the
 /// queue no longer remembers the first job's idempotency key: the same task, as a new job.
-/// The gate agent runs one task at a time, so the worker takes nothing more meanwhile.
 async fn a_running_task_and_a_duplicate_job(
     parts: &Parts,
     orchestrator: &Orchestrator,
@@ -723,7 +737,9 @@ async fn a_duplicate_job_of_a_running_task_does_not_take_it_over() {
 async fn a_redelivered_duplicate_job_of_a_running_task_does_not_take_it_over() {
     let (parts, _rec) = setup();
     let orchestrator = Orchestrator::start(parts.clone());
-    let gate = Gate::default();
+    // One at a time: the worker running the task must not take the duplicate before this
+    // test's own "worker that dies" does.
+    let gate = Gate::one_at_a_time();
     let _worker = Worker::builder(parts.clone()).agent(gate.clone()).start();
     let goal = a_running_task_and_a_duplicate_job(&parts, &orchestrator, &gate, "dup2").await;
     // A worker that takes the duplicate and dies: its delivery ends without an ack.
@@ -751,8 +767,10 @@ async fn a_redelivered_duplicate_job_of_a_running_task_does_not_take_it_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_orchestrator_resumes_a_dropped_ones_goal() {
     let (parts, rec) = setup();
+    // Lock TTLs long enough that no renewal on a loaded machine comes too late (a lost lock
+    // is taken over again, a second `GoalResumed`); the second sweeps every second.
     let first = Orchestrator::builder(parts.clone())
-        .config(orchestrator_config(300))
+        .config(orchestrator_config(1_000))
         .start();
     let gate = Gate::default();
     let echo = Echo::default();
@@ -779,7 +797,7 @@ async fn a_second_orchestrator_resumes_a_dropped_ones_goal() {
     drop(first); // mid-goal, without releasing anything
 
     let second = Orchestrator::builder(parts.clone())
-        .config(orchestrator_config(300))
+        .config(orchestrator_config(3_000))
         .start();
     gate.open();
     let result = tokio::time::timeout(WAIT, second.wait(&goal))
