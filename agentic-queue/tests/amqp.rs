@@ -259,15 +259,23 @@ async fn a_job_that_kills_its_workers_is_dead_lettered_after_max_attempts() {
         drop(worker); // dies with the delivery unacked
     }
     // The next consumer sees the job over its attempts and dead-letters it, not runs it.
-    let got = admin
-        .dequeue(&name, 1, Duration::from_secs(30), Duration::from_secs(1))
-        .await
-        .unwrap();
-    assert!(
-        got.is_empty(),
-        "a job whose attempts are spent is not delivered again"
-    );
-    let dead = admin.dead_letters(&name, 10).await.unwrap();
+    // The dead worker's connection closes in the background, so the broker may hand the
+    // job back only after a while: look until it is dead-lettered (or 10 s pass).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let got = admin
+            .dequeue(&name, 1, Duration::from_secs(30), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            got.is_empty(),
+            "a job whose attempts are spent is not delivered again"
+        );
+        let dead = admin.dead_letters(&name, 10).await.unwrap();
+        if !dead.is_empty() || tokio::time::Instant::now() >= deadline {
+            break dead;
+        }
+    };
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 2);
     assert_eq!(dead[0].reason, "lease expired after 2 attempts");
@@ -507,16 +515,22 @@ async fn poison_payloads_are_dead_lettered_with_a_reason() {
         .unwrap();
     assert!(confirm.is_ack());
     let _ = raw.close(200, "done".into()).await;
-    let got = queue
-        .dequeue(&name, 1, Duration::from_secs(30), Duration::from_secs(1))
-        .await
-        .unwrap();
-    assert!(
-        got.is_empty(),
-        "a corrupt message is not handed to a worker"
-    );
-
-    let dead = queue.dead_letters(&name, 10).await.unwrap();
+    // Look until the queue has met the corrupt message (or 10 s pass).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let got = queue
+            .dequeue(&name, 1, Duration::from_secs(30), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            got.is_empty(),
+            "a corrupt message is not handed to a worker"
+        );
+        let dead = queue.dead_letters(&name, 10).await.unwrap();
+        if dead.len() >= 2 || tokio::time::Instant::now() >= deadline {
+            break dead;
+        }
+    };
     assert_eq!(dead.len(), 2);
     assert_eq!(dead[0].reason, "undecodable payload: expected JSON");
     assert_eq!(dead[0].payload.as_ref(), b"\xff\xfe not JSON");

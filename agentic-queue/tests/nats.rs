@@ -240,13 +240,16 @@ async fn dead_worker_jobs_are_redelivered() {
         .collect();
 
     let doomed = NatsQueue::connect_with(config(url.clone())).await.unwrap();
+    // Before the dequeue: the server's ack_wait starts when it delivers, after this, so a
+    // redelivery can never come sooner than `lease` after it (after the dequeue returned,
+    // a slow client would make an on-time redelivery look early).
+    let started = Instant::now();
     let held = doomed
         .dequeue(&q, 10, lease, Duration::from_secs(2))
         .await
         .unwrap();
     assert_eq!(held.len(), 10);
     let stalled_lease = held[0].lease.clone();
-    let started = Instant::now();
     drop(held);
     // The "crash": the only handle goes away and the connection with it. (Keep a clone to
     // play the stalled worker, which does not touch the jobs until too late.)

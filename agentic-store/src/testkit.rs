@@ -689,13 +689,14 @@ pub async fn expired_lock_taken_over(store: Arc<dyn StateStore>, prefix: &str) {
 pub async fn extend_keeps_lock(store: Arc<dyn StateStore>, prefix: &str) {
     let name = format!("{prefix}lock");
     let g = store
-        .lock(&name, Duration::from_millis(400))
+        .lock(&name, Duration::from_millis(1_000))
         .await
         .expect("lock")
         .expect("free lock");
+    // Well inside the TTL, even on a loaded machine.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let g2 = store
-        .extend_lock(&g, Duration::from_millis(1500))
+        .extend_lock(&g, Duration::from_millis(3_000))
         .await
         .expect("extend a held lock");
     assert_eq!(g2.token, g.token, "extend changed the token");
@@ -704,8 +705,8 @@ pub async fn extend_keeps_lock(store: Arc<dyn StateStore>, prefix: &str) {
         g2.expires_at > g.expires_at,
         "extend did not move expires_at"
     );
-    // Past the original 400 ms: still held.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past the original second: still held.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert!(
         store.lock(&name, LONG_TTL).await.expect("lock").is_none(),
         "an extended lock was free after its original TTL"
