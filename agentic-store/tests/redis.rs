@@ -426,3 +426,70 @@ async fn a_new_key_failing_after_the_values_are_written_stays_absent() {
 
     clean_up(&mut raw, &base, &["n:old", "v:old"]).await;
 }
+
+/// An unconditional put over a key with a TTL (its version is `t<digits>`, so the plain
+/// path's `INCR` refuses it) counts on from that version, makes both of the key's Redis keys
+/// permanent and takes it out of the expiry index; one over a corrupt version string takes
+/// a fresh version from the namespace counter, as a new key does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_put_over_a_ttl_key_or_a_corrupt_version_takes_the_long_way() {
+    let Some(url) = url() else { return };
+    let (store, base, mut raw) = private_store(&url, "ttl-then-plain").await;
+    let with_ttl = store
+        .put(
+            "k",
+            b"short".to_vec(),
+            PutOptions::new().ttl(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .expect("put with a TTL");
+    let plain = store
+        .put("k", b"kept".to_vec(), PutOptions::new())
+        .await
+        .expect("plain put over it");
+    assert_eq!(plain, with_ttl + 1, "counts on from the TTL version");
+    for k in ["n:k", "v:k"] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{base}{k}"))
+            .query_async(&mut raw)
+            .await
+            .expect("PTTL");
+        assert_eq!(ttl, -1, "{k} still has a TTL");
+    }
+    let in_exp: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("{base}exp"))
+        .arg("k")
+        .query_async(&mut raw)
+        .await
+        .expect("ZSCORE");
+    assert_eq!(in_exp, None, "still in the expiry index");
+    let got = store.get("k").await.expect("get").expect("k exists");
+    assert_eq!((got.version, got.value.to_vec()), (plain, b"kept".to_vec()));
+
+    let _: () = redis::cmd("SET")
+        .arg(format!("{base}n:k"))
+        .arg("garbage")
+        .query_async(&mut raw)
+        .await
+        .expect("corrupt the version");
+    let fresh = store
+        .put("k", b"mended".to_vec(), PutOptions::new())
+        .await
+        .expect("plain put over a corrupt version");
+    let got = store.get("k").await.expect("get").expect("k exists");
+    assert_eq!(
+        (got.version, got.value.to_vec()),
+        (fresh, b"mended".to_vec())
+    );
+    let counter: u64 = redis::cmd("GET")
+        .arg(format!("{base}ver"))
+        .query_async(&mut raw)
+        .await
+        .expect("GET ver");
+    assert_eq!(
+        fresh, counter,
+        "a fresh version comes from the namespace counter"
+    );
+
+    clean_up(&mut raw, &base, &["n:k", "v:k"]).await;
+}

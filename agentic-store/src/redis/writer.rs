@@ -62,14 +62,6 @@ pub(super) struct PutRequest {
 /// `MSET` of the values, then `put_plain.lua` for the versions, so no value enters Lua.
 /// Any other batch is one run of `put.lua`, which needs the values to decide.
 async fn put_batch(shared: &Shared, batch: Vec<PutRequest>) {
-    // Whether a key repeats in this call: only then do the scripts track what they wrote.
-    let mut keys: Vec<&str> = batch.iter().map(|p| p.key.as_str()).collect();
-    keys.sort_unstable();
-    let repeats = if keys.windows(2).any(|w| w[0] == w[1]) {
-        "1"
-    } else {
-        "0"
-    };
     let plain = !shared.config.publish_changes
         && batch
             .iter()
@@ -89,7 +81,6 @@ async fn put_batch(shared: &Shared, batch: Vec<PutRequest>) {
         for put in &batch {
             tx.arg(StoreKey(&shared.base, b"n:", &put.key));
         }
-        tx.arg(repeats);
         let tx = &tx;
         shared
             .run("put", |mut conn: ConnectionManager| async move {
@@ -98,6 +89,14 @@ async fn put_batch(shared: &Shared, batch: Vec<PutRequest>) {
             })
             .await
     } else {
+        // Whether a key repeats in this call: only then does the script track what it wrote.
+        let mut keys: Vec<&str> = batch.iter().map(|p| p.key.as_str()).collect();
+        keys.sort_unstable();
+        let repeats = if keys.windows(2).any(|w| w[0] == w[1]) {
+            "1"
+        } else {
+            "0"
+        };
         let script = &shared.scripts.put;
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash())
