@@ -31,7 +31,7 @@ use lapin::types::ShortString;
 use tokio::time::Instant;
 
 use super::envelope::{self, Job};
-use super::link::{Outgoing, lock, map_err};
+use super::link::{Outgoing, bounded, lock, map_err};
 use super::topology::{MAX_DELAY, QueueSpec};
 use super::{Inner, Inspected, QueueState, inspect, lease_lost, noun, requeue};
 use crate::{Lease, QueueError};
@@ -113,10 +113,10 @@ impl Inner {
             .publish_dead(state, job, payload, attempts, reason)
             .await
         {
-            let _ = acker.nack(requeue()).await;
+            let _ = bounded("nack", acker.nack(requeue())).await;
             return Err(e);
         }
-        let _ = acker.ack(BasicAckOptions::default()).await;
+        let _ = bounded("ack", acker.ack(BasicAckOptions::default())).await;
         Ok(())
     }
 
@@ -126,7 +126,10 @@ impl Inner {
     pub(super) async fn finish(&self, state: &QueueState, held: &Held) -> bool {
         match &held.place {
             Place::Delivered { acker, .. } => {
-                matches!(acker.ack(BasicAckOptions::default()).await, Ok(true))
+                matches!(
+                    bounded("ack", acker.ack(BasicAckOptions::default())).await,
+                    Ok(true)
+                )
             }
             Place::Parked { queue, .. } => match self.delete(queue.name()).await {
                 Ok(removed) => {
@@ -145,7 +148,7 @@ impl Inner {
     /// returns by itself when the lease would have ended.
     pub(super) async fn release(&self, held: &Held) {
         if let Place::Delivered { acker, .. } = &held.place {
-            let _ = acker.nack(requeue()).await;
+            let _ = bounded("nack", acker.nack(requeue())).await;
         }
     }
 
@@ -211,7 +214,7 @@ impl Inner {
                 .await;
         } else {
             tracing::debug!(queue = %state.names.queue, job = %held.job.id, attempt = held.attempt, "lease expired; returning the job");
-            let _ = acker.nack(requeue()).await;
+            let _ = bounded("nack", acker.nack(requeue())).await;
         }
     }
 
@@ -315,7 +318,10 @@ impl Inner {
                     properties: job.properties()?,
                 };
                 self.publish_all(std::slice::from_ref(&copy)).await?;
-                if !matches!(d.acker.ack(BasicAckOptions::default()).await, Ok(true)) {
+                if !matches!(
+                    bounded("ack", d.acker.ack(BasicAckOptions::default())).await,
+                    Ok(true)
+                ) {
                     // Its channel closed meanwhile: the broker returned the original too.
                     tracing::warn!(queue = %state.names.queue, job = %job.id, "a buffered delivery was returned by the broker while it was handed back: delivered twice");
                 } else {
@@ -474,7 +480,10 @@ impl Inner {
         if let Err(e) = self.publish_all(std::slice::from_ref(&copy)).await {
             return Err((held, Failed(e)));
         }
-        if !matches!(acker.ack(BasicAckOptions::default()).await, Ok(true)) {
+        if !matches!(
+            bounded("ack", acker.ack(BasicAckOptions::default())).await,
+            Ok(true)
+        ) {
             // The delivery went back to the queue meanwhile: drop our copy, the lease is
             // lost.
             let _ = self.delete(queue.name()).await;
@@ -545,11 +554,8 @@ impl Inner {
     ) -> Result<bool, QueueError> {
         let link = self.connector.get().await?;
         // A channel of its own: `basic.get` replies must not interleave with others.
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| map_err("open a channel", e))?;
+        let channel = link.connection.create_channel();
+        let channel = bounded("open a channel", channel).await?;
         let mut found = false;
         let result = async {
             loop {
@@ -563,12 +569,11 @@ impl Inner {
                 let serial = envelope::park_serial(&message.delivery.properties).unwrap_or(0);
                 // Ack even the newest copy if it comes first: then the current one is
                 // gone (expired), the lease is lost, and the queue is deleted anyway.
-                message
-                    .delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(|e| map_err("remove a parked lease", e))?;
+                bounded(
+                    "remove a parked lease",
+                    message.delivery.acker.ack(BasicAckOptions::default()),
+                )
+                .await?;
                 found |= serial == current;
                 if serial >= next {
                     return Ok(false);

@@ -46,11 +46,7 @@ impl Link {
         {
             return Ok(ch.clone());
         }
-        let ch = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| map_err("open a channel", e))?;
+        let ch = bounded("open a channel", self.connection.create_channel()).await?;
         *guard = Some(ch.clone());
         Ok(ch)
     }
@@ -200,10 +196,7 @@ impl Connector {
             source: None,
         })?
         .map_err(|e| map_err("connect to RabbitMQ", e))?;
-        let publisher = connection
-            .create_channel()
-            .await
-            .map_err(|e| map_err("open the publishing channel", e))?;
+        let publisher = bounded("open the publishing channel", connection.create_channel()).await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -412,5 +405,31 @@ pub(super) fn map_err(what: &str, e: lapin::Error) -> QueueError {
         message: format!("RabbitMQ: {what} failed: {e}"),
         retryable,
         source: Some(Box::new(e)),
+    }
+}
+
+/// Longest wait for a command that goes through lapin's connection-wide command queue: an
+/// ack, a nack, opening a channel. These normally resolve as soon as the frame is written,
+/// but lapin can leave one sent in the instant the connection dies unanswered for ever (it
+/// lands after the connection's I/O loop stopped, and nothing fails it). Past this it
+/// counts as failed, which is then the truth: the broker took unacked deliveries back
+/// with the connection.
+pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `command` bounded by [`COMMAND_TIMEOUT`], its error mapped by [`map_err`]; a timeout
+/// is a retryable error.
+pub(super) async fn bounded<T>(
+    what: &str,
+    command: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, QueueError> {
+    match timeout(COMMAND_TIMEOUT, command).await {
+        Ok(result) => result.map_err(|e| map_err(what, e)),
+        Err(_) => Err(QueueError::Backend {
+            message: format!(
+                "RabbitMQ: {what}: no answer after {COMMAND_TIMEOUT:?} (the connection was lost)"
+            ),
+            retryable: true,
+            source: None,
+        }),
     }
 }

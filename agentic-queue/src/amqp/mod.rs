@@ -72,7 +72,7 @@ use tokio::time::Instant;
 
 use self::envelope::Job;
 use self::lease::{Held, Place};
-use self::link::{Confirmed, Connector, Outgoing, lock, map_err};
+use self::link::{Confirmed, Connector, Outgoing, bounded, lock, map_err};
 use self::topology::{MAX_DELAY, Names, QueueSpec, delay_bucket_ms};
 use crate::{
     DeadLetter, Delivery, Enqueued, JobId, Lease, NackOutcome, NewJob, QueueCapabilities,
@@ -676,11 +676,7 @@ impl Inner {
         lock(&state.buffer).retain(|(_, d)| d.acker.usable());
         let link = self.connector.get().await?;
         let backlog = link.declare(&state.names.work_spec(), &self.config).await?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| map_err("open a consumer channel", e))?;
+        let channel = bounded("open a consumer channel", link.connection.create_channel()).await?;
         let primed_total =
             state.received.load(Ordering::Acquire) + u64::from(backlog.min(u32::from(prefetch)));
         self.consume_on(state, channel, prefetch, primed_total)
@@ -1348,11 +1344,7 @@ impl TaskQueue for AmqpQueue {
             .await?;
         // A channel of its own: the browse holds what it read unacked until the end, and
         // closing the channel returns anything a failure left behind.
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| map_err("open a channel", e))?;
+        let channel = bounded("open a channel", link.connection.create_channel()).await?;
         let result = browse_dead(&channel, &state.names.dead, limit.min(ready as usize)).await;
         let _ = channel.close(200, "browsed".into()).await;
         settle(&link, &inner.config, &state.names.dead_spec(), ready).await;
@@ -1371,11 +1363,7 @@ impl TaskQueue for AmqpQueue {
         let ready = link
             .declare(&state.names.dead_spec(), &inner.config)
             .await?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| map_err("open a channel", e))?;
+        let channel = bounded("open a channel", link.connection.create_channel()).await?;
         let result = requeue_from_dead(inner, &state, &channel, &wanted, ready).await;
         let _ = channel.close(200, "requeued".into()).await;
         if let Ok((moved, _)) = &result {
