@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use agentic_queue::testkit::Tracked;
 use agentic_queue::{
-    AmqpQueue, AmqpQueueConfig, Delivery, JobId, NackOutcome, NewJob, QueueError, QueueStats,
-    Retry, TaskQueue,
+    AmqpQueue, AmqpQueueConfig, DeadLetter, Delivery, JobId, NackOutcome, NewJob, QueueError,
+    QueueStats, Retry, TaskQueue,
 };
 
 fn amqp_url() -> Option<String> {
@@ -176,6 +176,29 @@ async fn wait_for_connection(name: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// Dequeues from `name` (each must come back empty: `why`) until it holds `want` dead
+/// letters or 10 s pass, for a broker that moves the job on its own schedule; returns the
+/// dead letters.
+async fn dead_letters_while_nothing_is_delivered(
+    queue: &dyn TaskQueue,
+    name: &str,
+    want: usize,
+    why: &str,
+) -> Vec<DeadLetter> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = queue
+            .dequeue(name, 1, Duration::from_secs(30), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(got.is_empty(), "{why}");
+        let dead = queue.dead_letters(name, 10).await.unwrap();
+        if dead.len() >= want || tokio::time::Instant::now() >= deadline {
+            return dead;
+        }
+    }
+}
+
 fn payload_number(d: &Delivery) -> usize {
     std::str::from_utf8(&d.payload).unwrap().parse().unwrap()
 }
@@ -260,22 +283,14 @@ async fn a_job_that_kills_its_workers_is_dead_lettered_after_max_attempts() {
     }
     // The next consumer sees the job over its attempts and dead-letters it, not runs it.
     // The dead worker's connection closes in the background, so the broker may hand the
-    // job back only after a while: look until it is dead-lettered (or 10 s pass).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let dead = loop {
-        let got = admin
-            .dequeue(&name, 1, Duration::from_secs(30), Duration::from_secs(1))
-            .await
-            .unwrap();
-        assert!(
-            got.is_empty(),
-            "a job whose attempts are spent is not delivered again"
-        );
-        let dead = admin.dead_letters(&name, 10).await.unwrap();
-        if !dead.is_empty() || tokio::time::Instant::now() >= deadline {
-            break dead;
-        }
-    };
+    // job back only after a while.
+    let dead = dead_letters_while_nothing_is_delivered(
+        &admin,
+        &name,
+        1,
+        "a job whose attempts are spent is not delivered again",
+    )
+    .await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 2);
     assert_eq!(dead[0].reason, "lease expired after 2 attempts");
@@ -515,22 +530,13 @@ async fn poison_payloads_are_dead_lettered_with_a_reason() {
         .unwrap();
     assert!(confirm.is_ack());
     let _ = raw.close(200, "done".into()).await;
-    // Look until the queue has met the corrupt message (or 10 s pass).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let dead = loop {
-        let got = queue
-            .dequeue(&name, 1, Duration::from_secs(30), Duration::from_secs(1))
-            .await
-            .unwrap();
-        assert!(
-            got.is_empty(),
-            "a corrupt message is not handed to a worker"
-        );
-        let dead = queue.dead_letters(&name, 10).await.unwrap();
-        if dead.len() >= 2 || tokio::time::Instant::now() >= deadline {
-            break dead;
-        }
-    };
+    let dead = dead_letters_while_nothing_is_delivered(
+        &queue,
+        &name,
+        2,
+        "a corrupt message is not handed to a worker",
+    )
+    .await;
     assert_eq!(dead.len(), 2);
     assert_eq!(dead[0].reason, "undecodable payload: expected JSON");
     assert_eq!(dead[0].payload.as_ref(), b"\xff\xfe not JSON");
