@@ -31,7 +31,7 @@ use lapin::types::ShortString;
 use tokio::time::Instant;
 
 use super::envelope::{self, Job};
-use super::link::{Outgoing, bounded, lock, map_err};
+use super::link::{COMMAND_TIMEOUT, Outgoing, bounded, lock, map_err};
 use super::topology::{MAX_DELAY, QueueSpec};
 use super::{Inner, Inspected, QueueState, inspect, lease_lost, noun, requeue};
 use crate::{Lease, QueueError};
@@ -480,14 +480,22 @@ impl Inner {
         if let Err(e) = self.publish_all(std::slice::from_ref(&copy)).await {
             return Err((held, Failed(e)));
         }
-        if !matches!(
-            bounded("ack", acker.ack(BasicAckOptions::default())).await,
-            Ok(true)
-        ) {
-            // The delivery went back to the queue meanwhile: drop our copy, the lease is
-            // lost.
-            let _ = self.delete(queue.name()).await;
-            return Err((held, Lost));
+        match tokio::time::timeout(COMMAND_TIMEOUT, acker.ack(BasicAckOptions::default())).await {
+            Ok(Ok(true)) => {}
+            Ok(_) => {
+                // The delivery went back to the queue meanwhile: drop our copy, the lease
+                // is lost.
+                let _ = self.delete(queue.name()).await;
+                return Err((held, Lost));
+            }
+            Err(_) => {
+                // No answer (see `COMMAND_TIMEOUT`): the ack may never run, or run late
+                // (a connection the broker stopped reading). Keep the copy, which comes
+                // back by itself when the lease would have ended: at worst the job runs
+                // twice, never not at all.
+                tracing::warn!(queue = %state.names.queue, job = %held.job.id, "parking a lease: the original's ack got no answer; keeping the copy");
+                return Err((held, Lost));
+            }
         }
         tracing::debug!(queue = %state.names.queue, job = %held.job.id, "lease parked past the broker's consumer timeout");
         Ok(Held {
