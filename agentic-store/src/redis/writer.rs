@@ -216,9 +216,6 @@ pub(super) struct GetRequest {
 const MAX_READ_BATCH: usize = 256;
 
 async fn get_batch(shared: &Shared, batch: Vec<GetRequest>) {
-    if batch.is_empty() {
-        return;
-    }
     let mut cmd = redis::cmd("MGET");
     for get in &batch {
         cmd.arg(StoreKey(&shared.base, b"n:", &get.key))
