@@ -12,7 +12,8 @@
 //! `AGENTIC_BENCH_JOBS` overrides the job count (default 100,000), `AGENTIC_BENCH_OPS` the
 //! store operations per measurement (default 40,000; more give steadier figures); `AGENTIC_BENCH_ROUNDS`
 //! the number of rounds (default 3). Each round runs ours and raw back to back (queue, then
-//! get, put and CAS beside GET and SET), so a round's ratio compares the two under the same
+//! get, put and CAS beside GET and SET, and a raw `GET` then `SET` per client as a check of
+//! the CAS baseline), so a round's ratio compares the two under the same
 //! neighbours' load on a shared machine; printed are each round's figures, and the median
 //! of the per-round ratios, which a single noisy round cannot move. `AGENTIC_BENCH_PART`
 //! `queue` or `store` runs only that half, `queue-ours` or `queue-raw` only one side of the
@@ -81,8 +82,8 @@ fn main() {
         for i in 0..CLIENTS * 8 {
             store.put(&format!("k{i}"), value.clone(), PutOptions::new()).await.unwrap();
         }
-        // Per round: [queue ours, queue raw, get, raw get, put, raw set, cas].
-        let mut figures: Vec<[f64; 7]> = Vec::new();
+        // Per round: [queue ours, queue raw, get, raw get, put, raw set, cas, raw get+set].
+        let mut figures: Vec<[f64; 8]> = Vec::new();
         for _ in 0..rounds {
             let (mut ours, mut raw) = (f64::NAN, f64::NAN);
             if part != "store" {
@@ -93,14 +94,17 @@ fn main() {
                     raw = cpu_span("queue raw", jobs, queue_raw(&url, &prefix, jobs)).await;
                 }
             }
-            let (mut get, mut raw_get, mut put, mut raw_set, mut cas) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+            let (mut get, mut raw_get, mut put, mut raw_set, mut cas, mut raw_cas) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
             if !part.starts_with("queue") {
-                (get, raw_get, put, raw_set, cas) = store_round(&store, &raw_conn, &prefix, &value).await;
+                (get, raw_get, put, raw_set, cas, raw_cas) = store_round(&store, &raw_conn, &prefix, &value).await;
             }
-            figures.push([ours, raw, get, raw_get, put, raw_set, cas]);
+            figures.push([ours, raw, get, raw_get, put, raw_set, cas, raw_cas]);
         }
         let col = |i: usize| figures.iter().map(|f| f[i]).collect::<Vec<_>>();
         let ratio = |a: usize, b: usize| figures.iter().map(|f| f[a] / f[b]).collect::<Vec<_>>();
+        // A CAS is a get and then a put, so its raw baseline is a GET and then a SET: the
+        // rate of the two run one after the other, 1 / (1 / GET rate + 1 / SET rate). The
+        // raw GET-then-SET loop measures the same thing directly, as a check of the formula.
         let cas_ratio = figures
             .iter()
             .map(|f| f[6] * (1.0 / f[3] + 1.0 / f[5]))
@@ -116,6 +120,7 @@ fn main() {
         println!("                   ratio {} (target >= 0.70x)", ratios(&ratio(4, 5)));
         println!("  RedisStore CAS (get + conditional put): {} ops/s", rates(&col(6)));
         println!("                   vs raw GET+SET ratio {} (target >= 0.70x)", ratios(&cas_ratio));
+        println!("                   raw GET then SET per client: {} ops/s, ratio {}", rates(&col(7)), ratios(&ratio(6, 7)));
         println!("                   conflicts met: {} (0 expected)", CAS_CONFLICTS.load(Ordering::Relaxed));
         print_cpu();
 
@@ -237,7 +242,7 @@ async fn store_round(
     raw_conn: &redis::aio::MultiplexedConnection,
     prefix: &str,
     value: &[u8],
-) -> (f64, f64, f64, f64, f64) {
+) -> (f64, f64, f64, f64, f64, f64) {
     let value = value.to_vec();
     let st = Arc::clone(store);
     let get = rate("get", move |_, i| {
@@ -309,7 +314,28 @@ async fn store_round(
         }
     })
     .await;
-    (get, raw_get, put, raw_set, cas)
+    // The raw client doing what a compare-and-set client does: a `GET` of its key, then a
+    // `SET` of it, one after the other.
+    let (rc, pf, val) = (raw_conn.clone(), prefix.to_owned(), value.clone());
+    let raw_cas = rate("raw GET+SET", move |client, _| {
+        let (mut c, p, v) = (rc.clone(), pf.clone(), val.clone());
+        async move {
+            let key = format!("{p}:raw:cas{client}");
+            let _: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(v)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    (get, raw_get, put, raw_set, cas, raw_cas)
 }
 
 /// Conflicts the CAS clients met (none expected: each client has a key of its own).
