@@ -66,6 +66,18 @@ use serde::{Deserialize, Serialize};
 mod error;
 mod memory;
 
+/// Stand-in for "never" when a duration is too long to add to an instant (a lease or
+/// wait of `Duration::MAX`). Thirty years, as tokio uses for its own far future.
+const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+
+/// `now + d`, or thirty years from now when that does not fit in an `Instant`: a lease or
+/// a wait of `Duration::MAX` is the caller's to ask for, and must not panic a backend.
+pub(crate) fn later(now: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

@@ -35,15 +35,11 @@ use tokio::time::Instant;
 
 use crate::{
     DeadLetter, Delivery, Enqueued, JobId, Lease, MAX_PRIORITY, NackOutcome, NewJob,
-    QueueCapabilities, QueueError, QueueStats, Retry, TaskQueue,
+    QueueCapabilities, QueueError, QueueStats, Retry, TaskQueue, later,
 };
 
 /// Number of priority levels, one ready deque each.
 const LEVELS: usize = MAX_PRIORITY as usize + 1;
-
-/// Stand-in for "never" when a duration is too long to add to an instant (a lease or
-/// wait of `Duration::MAX`). Thirty years, as tokio uses for its own far future.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Settings of [`MemoryQueue`].
 #[derive(Debug, Clone)]
@@ -493,13 +489,6 @@ fn moved_earlier(before: Option<Instant>, after: Option<Instant>) -> bool {
         (None, Some(_)) => true,
         (_, None) => false,
     }
-}
-
-/// `now + d`, or thirty years from now when that does not fit in an `Instant`.
-fn later(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .or_else(|| now.checked_add(FAR_FUTURE))
-        .unwrap_or(now)
 }
 
 fn check_name(name: &str) -> Result<(), QueueError> {

@@ -141,6 +141,7 @@ macro_rules! __queue_conformance_cases {
             invalid_jobs_refused,
             stats_counts_by_state,
             acked_job_is_gone,
+            unbounded_durations_do_not_overflow,
             ack_batch_acks_each,
             ack_batch_refuses_stale_leases,
             binary_payloads_roundtrip,
@@ -1420,6 +1421,38 @@ pub async fn acked_job_is_gone(queue: Arc<dyn TaskQueue>, prefix: &str) -> CaseR
         queue.dead_letters(&q, 10).await?.is_empty(),
         "{CASE}: an acked job is not a dead letter"
     );
+    assert_drained(queue, &q, CASE).await?;
+    Ok(CaseOutcome::Passed)
+}
+
+/// A lease and a wait of `Duration::MAX` (as far as the backend's `max_lease` allows)
+/// are the caller's to ask for: `dequeue` hands out the job, `extend_lease` extends it,
+/// and nothing overflows or panics on the way.
+pub async fn unbounded_durations_do_not_overflow(
+    queue: Arc<dyn TaskQueue>,
+    prefix: &str,
+) -> CaseResult {
+    const CASE: &str = "unbounded_durations_do_not_overflow";
+    let queue = &*queue;
+    let q = queue_name(prefix, CASE);
+    let lease = lease_for(&queue.capabilities(), Duration::MAX);
+    queue.enqueue(&q, NewJob::new(b"forever".to_vec())).await?;
+    // The job is there, so an unbounded wait returns it; the timeout only keeps a broken
+    // backend from hanging the suite.
+    let got = tokio::time::timeout(PATIENCE * 5, queue.dequeue(&q, 1, lease, Duration::MAX))
+        .await
+        .map_err(|_| {
+            QueueError::backend_msg(format!(
+                "{CASE}: dequeue with an unbounded wait did not return the waiting job"
+            ))
+        })??;
+    assert_eq!(got.len(), 1, "{CASE}: the waiting job comes");
+    assert!(
+        got[0].lease.remaining() >= lease.min(LONG_LEASE),
+        "{CASE}: an unbounded lease is at least a long one"
+    );
+    let extended = queue.extend_lease(&got[0].lease, lease).await?;
+    queue.ack(&extended).await?;
     assert_drained(queue, &q, CASE).await?;
     Ok(CaseOutcome::Passed)
 }

@@ -61,6 +61,16 @@ use futures::stream::BoxStream;
 
 mod error;
 mod memory;
+
+/// `now + d`, or thirty years from now (tokio's own far future) when that does not fit in
+/// an `Instant`: a TTL of `Duration::MAX` is the caller's to ask for, and must not panic.
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+pub(crate) fn later(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
 mod scoped;
 mod typed;
 

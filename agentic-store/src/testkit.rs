@@ -91,6 +91,7 @@ macro_rules! store_conformance_suite {
             lock_tokens_increase,
             expired_lock_taken_over,
             extend_keeps_lock,
+            unbounded_ttls_do_not_overflow,
             watch_sees_prefix_changes,
             concurrent_cas_loses_no_update,
             typed_roundtrip_and_codec_error,
@@ -712,6 +713,40 @@ pub async fn extend_keeps_lock(store: Arc<dyn StateStore>, prefix: &str) {
         "an extended lock was free after its original TTL"
     );
     store.unlock(&g2).await.expect("unlock the extended lock");
+}
+
+/// A TTL of `Duration::MAX` is the caller's to ask for: a lock, its extension and a put
+/// with it either work or are refused with `StoreError::Invalid`, and nothing overflows
+/// or panics on the way.
+pub async fn unbounded_ttls_do_not_overflow(store: Arc<dyn StateStore>, prefix: &str) {
+    let name = format!("{prefix}forever");
+    match store.lock(&name, Duration::MAX).await {
+        Ok(Some(g)) => {
+            match store.extend_lock(&g, Duration::MAX).await {
+                Ok(g2) => assert_eq!(g2.token, g.token, "extend changed the token"),
+                Err(StoreError::Invalid(_)) => {}
+                Err(e) => panic!("extend_lock(Duration::MAX): {e}"),
+            }
+            store.unlock(&g).await.expect("unlock");
+        }
+        Ok(None) => panic!("a fresh lock was held"),
+        Err(StoreError::Invalid(_)) => {}
+        Err(e) => panic!("lock(Duration::MAX): {e}"),
+    }
+    if store.capabilities().per_key_ttl {
+        let key = format!("{prefix}forever-key");
+        match store
+            .put(&key, b"v".to_vec(), PutOptions::new().ttl(Duration::MAX))
+            .await
+        {
+            Ok(_) => {
+                let got = store.get(&key).await.expect("get").expect("present");
+                assert_eq!(&got.value[..], b"v");
+            }
+            Err(StoreError::Invalid(_)) => {}
+            Err(e) => panic!("put with ttl Duration::MAX: {e}"),
+        }
+    }
 }
 
 /// `watch` reports puts (with value and version) and deletes under its prefix, in order,

@@ -346,7 +346,7 @@ impl Inner {
         let started = Instant::now();
         let state = self.state(&lease.queue)?;
         let key = (lease.job_id.clone(), lease.token);
-        let expires_at = started + lease_for;
+        let expires_at = crate::later(started, lease_for);
         // Decided under the lock, acted on after it: the lock is never held across an
         // await.
         enum Next {

@@ -860,7 +860,7 @@ impl Inner {
         let token = (u64::from(job.epoch.min(0xffff)) << 48)
             | (u64::from(attempt.min(0xffff)) << 32)
             | serial;
-        let expires_at = started + lease;
+        let expires_at = crate::later(started, lease);
         let delivery = Delivery {
             lease: Lease {
                 queue: state.names.queue.clone(),
@@ -1089,9 +1089,10 @@ impl TaskQueue for AmqpQueue {
         let mut caps = QueueCapabilities::full(self.inner.config.max_payload_bytes);
         // Quorum queues have no priorities before RabbitMQ 4.0 (which has two levels, not ten).
         caps.priority_levels = 1;
-        // Unbounded: a lease that must outlive the broker's consumer timeout is parked
-        // (see `lease`).
-        caps.max_lease = None;
+        // A lease that must outlive the broker's consumer timeout is parked (see `lease`)
+        // under a message TTL, which RabbitMQ caps at 32 bits of milliseconds: one lease is
+        // at most `MAX_DELAY`, and `extend_lease` renews it for as long as the job runs.
+        caps.max_lease = Some(MAX_DELAY);
         // Off by default: see `AmqpQueueConfig::dedupe`.
         caps.idempotency = self.inner.config.dedupe;
         caps
@@ -1183,13 +1184,19 @@ impl TaskQueue for AmqpQueue {
     ) -> Result<Vec<Delivery>, QueueError> {
         let inner = &self.inner;
         let state = inner.state(queue)?;
+        if lease > MAX_DELAY {
+            return Err(QueueError::InvalidJob(format!(
+                "a lease of {lease:?} is longer than this backend holds one ({MAX_DELAY:?}, a \
+                 message TTL); take a shorter one and renew it with extend_lease"
+            )));
+        }
         if max == 0 {
             return Ok(Vec::new());
         }
         // Counted while this call runs: what the process asks for sizes a derived prefetch.
         let _asking = state.ask(max);
         let started = Instant::now();
-        let deadline = started + wait;
+        let deadline = crate::later(started, wait);
         let mut out = Vec::new();
         let mut pause = Duration::from_millis(50);
         loop {

@@ -1153,7 +1153,7 @@ impl NatsQueue {
             None
         };
         let token = token(sseq, delivered);
-        let expires_at = started + lease;
+        let expires_at = crate::later(started, lease);
         let attempt = delivered as u32;
         let delivery = Delivery {
             lease: Lease {
@@ -1309,7 +1309,7 @@ impl TaskQueue for NatsQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + wait;
+        let deadline = crate::later(Instant::now(), wait);
         let mut wake = None;
         loop {
             let got = self.sweep(queue, &st, max, lease).await?;
@@ -1435,7 +1435,7 @@ impl TaskQueue for NatsQueue {
             nak(lease_for.max(Duration::from_millis(1)))
         };
         self.confirm(&[(reply, body)]).await?;
-        let expires_at = started + lease_for;
+        let expires_at = crate::later(started, lease_for);
         match lock(&self.inner.leases).get_mut(lease) {
             Some(h) => {
                 h.expires_at = expires_at;

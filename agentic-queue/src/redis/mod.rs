@@ -305,7 +305,7 @@ impl RedisQueue {
             })
             .await?;
         let queue = self.queue_name(base);
-        let expires_at = started + lease;
+        let expires_at = crate::later(started, lease);
         let mut out = Vec::with_capacity(heads.len());
         for ((id, attempt, last_error), job) in heads.into_iter().zip(jobs) {
             // Missing: not expected (the job is leased to us); its lease expires unused.
@@ -450,7 +450,7 @@ impl TaskQueue for RedisQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = crate::later(tokio::time::Instant::now(), wait);
         let max_pause = self.config.max_poll_interval.max(Duration::from_millis(1));
         let mut pause = Duration::from_millis(5).min(max_pause);
         loop {
@@ -589,7 +589,7 @@ impl TaskQueue for RedisQueue {
             .await?;
         if code == 1 {
             Ok(Lease {
-                expires_at: started + lease_for,
+                expires_at: crate::later(started, lease_for),
                 ..lease.clone()
             })
         } else {

@@ -539,7 +539,7 @@ impl StateStore for NatsStore {
                     return Ok(Some(LockGuard {
                         name: name.to_owned(),
                         token,
-                        expires_at: started + ttl,
+                        expires_at: crate::later(started, ttl),
                     }));
                 }
                 // Someone else wrote in between: look again (they may hold it now).
@@ -560,7 +560,7 @@ impl StateStore for NatsStore {
                 .is_some()
             {
                 return Ok(LockGuard {
-                    expires_at: started + ttl,
+                    expires_at: crate::later(started, ttl),
                     ..guard.clone()
                 });
             }

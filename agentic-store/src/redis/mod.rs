@@ -547,7 +547,7 @@ impl StateStore for RedisStore {
         Ok((token > 0).then(|| LockGuard {
             name: name.to_owned(),
             token: token as u64,
-            expires_at: started + ttl,
+            expires_at: crate::later(started, ttl),
         }))
     }
 
@@ -569,7 +569,7 @@ impl StateStore for RedisStore {
             .await?;
         if ok == 1 {
             Ok(LockGuard {
-                expires_at: started + ttl,
+                expires_at: crate::later(started, ttl),
                 ..guard.clone()
             })
         } else {
