@@ -493,3 +493,161 @@ async fn a_plain_put_over_a_ttl_key_or_a_corrupt_version_takes_the_long_way() {
 
     clean_up(&mut raw, &base, &["n:k", "v:k"]).await;
 }
+
+/// A TCP proxy to Redis that can lose a reply: armed, it forwards the next request it gets
+/// from the client, lets the server run it and answer, throws the answer away and closes
+/// the connection. The client sees its connection drop after the write was applied.
+struct ReplyLoser {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReplyLoser {
+    async fn start(target: String) -> ReplyLoser {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let arm = Arc::clone(&armed);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let lose = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (arm, lose_up) = (Arc::clone(&arm), Arc::clone(&lose));
+                let up = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        let cut = arm.swap(false, Ordering::SeqCst);
+                        if cut {
+                            lose_up.store(true, Ordering::SeqCst);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        if cut {
+                            // The server runs it and answers; the answer is dropped below.
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            break;
+                        }
+                    }
+                });
+                let down = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        if lose.load(Ordering::SeqCst) || cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                // Either side ending closes both (the halves drop with their tasks).
+                tokio::spawn(async move {
+                    let _ = up.await;
+                    down.abort();
+                });
+            }
+        });
+        ReplyLoser { port, armed }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Loses the answer to the next request.
+    fn lose_next_reply(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A compare-and-set, a lock and an unlock that Redis applied but whose replies were lost
+/// are not sent again and misreported: the caller gets a retryable error saying the
+/// outcome is unknown, never a conflict with its own write, its own lock reported as
+/// someone else's, or its own unlock reported as a lost lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_reply_is_lost_is_not_misreported() {
+    let Some(url) = url() else { return };
+    let target = url
+        .strip_prefix("redis://")
+        .unwrap_or(&url)
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = ReplyLoser::start(target).await;
+    let (ns, base, mut raw) = private_namespace(&url, "lost-reply").await;
+    let store = RedisStore::connect_with(RedisStoreConfig::new(proxy.url()).namespace(&ns))
+        .await
+        .expect("connect the store");
+    let v1 = store
+        .put("k", b"one".to_vec(), PutOptions::new())
+        .await
+        .expect("put");
+
+    proxy.lose_next_reply();
+    let cas = store
+        .put(
+            "k",
+            b"two".to_vec(),
+            PutOptions::new().expect(agentic_store::Expect::Version(v1)),
+        )
+        .await;
+    let now = store.get("k").await.expect("get").expect("present");
+    assert_eq!(&now.value[..], b"two", "the CAS was applied");
+    assert_eq!(now.version, v1 + 1, "once");
+    match cas {
+        Ok(v) => assert_eq!(v, now.version),
+        Err(e) => {
+            assert!(
+                !e.is_conflict(),
+                "a CAS whose reply was lost came back as a conflict with its own write: {e}"
+            );
+            assert!(e.is_retryable(), "an unknown outcome is retryable: {e}");
+        }
+    }
+
+    proxy.lose_next_reply();
+    let lock = store.lock("l", std::time::Duration::from_secs(30)).await;
+    match lock {
+        Ok(Some(_)) => {}
+        Ok(None) => panic!("a lock whose reply was lost was reported held by someone else"),
+        Err(e) => assert!(e.is_retryable(), "an unknown outcome is retryable: {e}"),
+    }
+    let held: Option<String> = redis::cmd("GET")
+        .arg(format!("{base}lock:l"))
+        .query_async(&mut raw)
+        .await
+        .expect("GET");
+    let token: u64 = held
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .expect("the lock was applied, with its token");
+    let guard = agentic_store::LockGuard {
+        name: "l".to_owned(),
+        token,
+        expires_at: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
+    };
+
+    proxy.lose_next_reply();
+    match store.unlock(&guard).await {
+        Ok(()) => {}
+        Err(e) => {
+            assert!(
+                !matches!(e, agentic_store::StoreError::LockLost { .. }),
+                "an unlock whose reply was lost came back as a lost lock: {e}"
+            );
+            assert!(e.is_retryable(), "an unknown outcome is retryable: {e}");
+        }
+    }
+    let gone: Option<String> = redis::cmd("GET")
+        .arg(format!("{base}lock:l"))
+        .query_async(&mut raw)
+        .await
+        .expect("GET");
+    assert_eq!(gone, None, "the unlock was applied");
+    clean_up(&mut raw, &base, &["n:k", "v:k", "lock:l", "fence"]).await;
+}

@@ -4,8 +4,8 @@
 //!
 //! # Key layout (one queue)
 //!
-//! All keys of a queue share the hash tag `{<queue>}` so the backend works on Redis Cluster
-//! (one slot per queue):
+//! All keys of a queue share the hash tag `{<queue>}`, so the layout fits Redis Cluster (one
+//! slot per queue); the client itself is single-node for now (see `docs/backends/redis.md`):
 //!
 //! | key | type | holds |
 //! |---|---|---|

@@ -297,9 +297,37 @@ impl RedisStore {
     }
 }
 
+/// Whether a failed call may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Running it twice gives the same answer (a read, an unconditional write, extending
+    /// a lock): every transient failure is retried.
+    Safe,
+    /// A second run would misreport the first one's effect (a compare-and-set finding its
+    /// own write and calling it a conflict; a lock finding itself held; an unlock or a
+    /// delete finding nothing to do). Retried only when the call surely never ran (the
+    /// connection was refused, or the server refused the command); after a timeout or a
+    /// dropped connection the outcome is unknown, and the caller is told so.
+    Once,
+}
+
 impl Shared {
-    /// Runs `op`, retrying transient failures with backoff up to `config.retries` tries.
-    async fn run<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, StoreError>
+    /// Runs `op`, retrying transient failures with backoff up to `config.retries` tries
+    /// (only those that surely did not run it, when `repeat` is [`Repeat::Once`]).
+    async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        self.run_with(what, Repeat::Safe, op).await
+    }
+
+    async fn run_with<T, F, Fut>(
+        &self,
+        what: &'static str,
+        repeat: Repeat,
+        mut op: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
@@ -310,6 +338,17 @@ impl Shared {
             attempt += 1;
             match op(self.conn.clone()).await {
                 Ok(v) => return Ok(v),
+                Err(e) if repeat == Repeat::Once && may_have_run(&e) => {
+                    return Err(StoreError::Backend {
+                        message: format!(
+                            "Redis {what}: no answer ({e}); it may or may not have been \
+                             applied, so it was not sent again: read the key (or lock) to \
+                             see which"
+                        ),
+                        retryable: true,
+                        source: Some(Box::new(e)),
+                    });
+                }
                 Err(e) if is_transient(&e) && attempt < self.config.retries.max(1) => {
                     tracing::warn!(operation = what, attempt, error = %e, "Redis call failed; retrying");
                     tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
@@ -465,7 +504,8 @@ impl StateStore for RedisStore {
         };
         let exp = &exp;
         let reply: Value = self
-            .run("delete", |mut conn| async move {
+            .shared
+            .run_with("delete", Repeat::Once, |mut conn| async move {
                 script
                     .key(base)
                     .arg(key)
@@ -535,7 +575,8 @@ impl StateStore for RedisStore {
         let script = &self.shared.scripts.lock;
         let base = &*self.shared.base;
         let token: i64 = self
-            .run("lock", |mut conn| async move {
+            .shared
+            .run_with("lock", Repeat::Once, |mut conn| async move {
                 script
                     .key(base)
                     .arg(name)
@@ -584,7 +625,8 @@ impl StateStore for RedisStore {
         let script = &self.shared.scripts.unlock;
         let base = &*self.shared.base;
         let ok: i64 = self
-            .run("unlock", |mut conn| async move {
+            .shared
+            .run_with("unlock", Repeat::Once, |mut conn| async move {
                 script
                     .key(base)
                     .arg(guard.name.as_str())
@@ -678,6 +720,13 @@ fn decode_change(payload: &[u8]) -> Result<WatchEvent, StoreError> {
         b"D" => Ok(WatchEvent::Delete { key }),
         _ => Err(bad()),
     }
+}
+
+/// A failure after which the command may have run: no answer came (a timeout, or the
+/// connection broke while waiting). A refused connection or an error reply means it did
+/// not run.
+fn may_have_run(e: &redis::RedisError) -> bool {
+    !e.is_connection_refusal() && (e.is_timeout() || e.is_connection_dropped() || e.is_io_error())
 }
 
 fn is_transient(e: &redis::RedisError) -> bool {

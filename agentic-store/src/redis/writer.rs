@@ -26,7 +26,7 @@ use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
 
-use super::{Shared, StoreKey, eval};
+use super::{Repeat, Shared, StoreKey, eval};
 use crate::{Expect, StoreError};
 
 /// Puts per script call, at most.
@@ -117,8 +117,15 @@ async fn put_batch(shared: &Shared, batch: Vec<PutRequest>) {
                 .arg(Condition(put.expect, put.ttl_ms));
         }
         let cmd = &cmd;
+        // A batch with a conditional put is not sent twice when the first try may have run:
+        // its own write would come back as a conflict.
+        let repeat = if batch.iter().all(|p| p.expect == Expect::Any) {
+            Repeat::Safe
+        } else {
+            Repeat::Once
+        };
         shared
-            .run("put", |mut conn: ConnectionManager| async move {
+            .run_with("put", repeat, |mut conn: ConnectionManager| async move {
                 eval(&mut conn, script, cmd).await
             })
             .await
