@@ -446,3 +446,78 @@ async fn queue_names_with_braces_are_refused() {
         .unwrap_err();
     assert!(matches!(err, QueueError::InvalidQueueName { .. }), "{err}");
 }
+
+/// A stored job record that cannot be read (written behind the queue's back) goes to the
+/// dead letters with the reason and its raw bytes; the jobs dequeued with it are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_job_record_is_dead_lettered_and_spares_its_batch() {
+    let Some(queue) = shared_queue().await else {
+        return;
+    };
+    let url = redis_url().unwrap();
+    let name = format!("faults-corrupt-{}", fastrand::u64(..));
+    let mut ids = Vec::new();
+    for payload in ["first", "second", "third"] {
+        ids.push(queue.enqueue(&name, NewJob::new(payload)).await.unwrap().id);
+    }
+    let client = redis::Client::open(url).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("agentic-test:{{{name}}}:job:{}", ids[1]))
+        .arg(&b"no header here"[..])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let got = queue
+        .dequeue(&name, 10, Duration::from_secs(5), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let payloads: Vec<&[u8]> = got.iter().map(|d| d.payload.as_ref()).collect();
+    assert_eq!(payloads, [&b"first"[..], &b"third"[..]]);
+    let dead = queue.dead_letters(&name, 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].job_id, ids[1]);
+    assert!(
+        dead[0].reason.contains("unreadable job record"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(dead[0].payload.as_ref(), b"no header here");
+    for d in &got {
+        queue.ack(&d.lease).await.unwrap();
+    }
+
+    // The same when the record goes bad while leased: the expired lease is reclaimed into
+    // the dead letters, not dropped.
+    let id = queue
+        .enqueue(&name, NewJob::new("fourth"))
+        .await
+        .unwrap()
+        .id;
+    let leased = queue
+        .dequeue(&name, 1, Duration::from_millis(100), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    let _: () = redis::cmd("SET")
+        .arg(format!("agentic-test:{{{name}}}:job:{id}"))
+        .arg(&b"garbage"[..])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let none = queue
+        .dequeue(&name, 1, Duration::from_secs(5), Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    let dead = queue.dead_letters(&name, 10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[1].job_id, id);
+    assert!(
+        dead[1].reason.contains("unreadable job record"),
+        "{}",
+        dead[1].reason
+    );
+    assert_eq!(dead[1].payload.as_ref(), b"garbage");
+}

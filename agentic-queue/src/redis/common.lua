@@ -118,8 +118,15 @@ end
 -- dead-lettered.
 local function give_back(id, dead, now, max_dead, err, retry)
   local p, max = job_head(id)
-  if not p then return false end
   local attempts = read_state(id) + 1
+  if not p then
+    -- Gone (acked, trimmed): nothing to give back. Present but unreadable (written behind
+    -- the queue's back): dead-lettered with the reason, never left in no list at all.
+    if redis.call('EXISTS', job_key(id)) == 0 then return false end
+    dead = true
+    local why = err
+    err = function(a, d) return 'unreadable job record; ' .. why(a, d) end
+  end
   if dead or attempts >= max then
     dead_letter(id, err(attempts, true), now, max_dead, attempts)
     return true
@@ -140,8 +147,13 @@ local function promote(now, max_dead, limit)
   local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, limit)
   for _, e in ipairs(due) do
     redis.call('ZREM', DELAYED, e)
-    local p = job_head((split_entry(e)))
-    if p then redis.call('RPUSH', ready_key(p), e) end
+    local id = split_entry(e)
+    local p = job_head(id)
+    if p then
+      redis.call('RPUSH', ready_key(p), e)
+    elseif redis.call('EXISTS', job_key(id)) == 1 then
+      dead_letter(id, 'unreadable job record', now, max_dead, read_state(id))
+    end
   end
   local expired = redis.call('ZRANGEBYSCORE', LEASED, '-inf', now, 'LIMIT', 0, limit)
   for _, m in ipairs(expired) do

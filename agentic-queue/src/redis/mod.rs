@@ -310,14 +310,27 @@ impl RedisQueue {
         for ((id, attempt, last_error), job) in heads.into_iter().zip(jobs) {
             // Missing: not expected (the job is leased to us); its lease expires unused.
             let Some(job) = job else { continue };
-            let job = decode_job(job)?;
+            let lease = Lease {
+                queue: queue.clone(),
+                job_id: JobId(id),
+                token: token as u64,
+                expires_at,
+            };
+            let job = match decode_job(job) {
+                Ok(job) => job,
+                Err(e) => {
+                    // A record that cannot be read (written behind our back, or by an
+                    // incompatible release) goes to the dead letters with the reason, its raw
+                    // bytes kept; the rest of the batch is delivered.
+                    let reason = format!("the stored job record could not be read: {e}");
+                    if let Err(e) = self.nack(&lease, Retry::DeadLetter, &reason).await {
+                        tracing::warn!(queue = %queue, job = %lease.job_id, error = %e, "could not dead-letter an unreadable job; its lease will expire");
+                    }
+                    continue;
+                }
+            };
             out.push(Delivery {
-                lease: Lease {
-                    queue: queue.clone(),
-                    job_id: JobId(id),
-                    token: token as u64,
-                    expires_at,
-                },
+                lease,
                 payload: job.payload,
                 headers: job.headers,
                 priority: job.priority,
@@ -616,12 +629,17 @@ impl TaskQueue for RedisQueue {
         let mut out = Vec::new();
         for f in array(reply)?.chunks_exact(5) {
             let dead_at_ms = string(&f[4])?.parse::<u64>().unwrap_or(0);
-            let job = decode_job(bytes(&f[1])?)?;
+            let raw = bytes(&f[1])?;
+            // An unreadable record is listed all the same, its raw bytes as the payload.
+            let (payload, headers, priority) = match decode_job(raw.clone()) {
+                Ok(job) => (job.payload, job.headers, job.priority),
+                Err(_) => (Bytes::from(raw), BTreeMap::new(), 0),
+            };
             out.push(DeadLetter {
                 job_id: JobId(string(&f[0])?),
-                payload: job.payload,
-                headers: job.headers,
-                priority: job.priority,
+                payload,
+                headers,
+                priority,
                 attempts: string(&f[2])?.parse().unwrap_or(0),
                 reason: string(&f[3])?,
                 dead_at: UNIX_EPOCH + Duration::from_millis(dead_at_ms),
