@@ -521,3 +521,117 @@ async fn an_unreadable_job_record_is_dead_lettered_and_spares_its_batch() {
     );
     assert_eq!(dead[1].payload.as_ref(), b"garbage");
 }
+
+/// A TCP proxy to Redis that can lose a reply: armed, it forwards the next request it gets
+/// from the client, lets the server run it and answer, throws the answer away and closes
+/// the connection. The client sees its connection drop after the write was applied.
+struct ReplyLoser {
+    port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReplyLoser {
+    async fn start(target: String) -> ReplyLoser {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let arm = std::sync::Arc::clone(&armed);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let lose = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (arm, lose_up) = (std::sync::Arc::clone(&arm), std::sync::Arc::clone(&lose));
+                let up = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        let cut = arm.swap(false, Ordering::SeqCst);
+                        if cut {
+                            lose_up.store(true, Ordering::SeqCst);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        if cut {
+                            // The server runs it and answers; the answer is dropped below.
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            break;
+                        }
+                    }
+                });
+                let down = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        if lose.load(Ordering::SeqCst) || cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                // Either side ending closes both (the halves drop with their tasks).
+                tokio::spawn(async move {
+                    let _ = up.await;
+                    down.abort();
+                });
+            }
+        });
+        ReplyLoser { port, armed }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Loses the answer to the next request.
+    fn lose_next_reply(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An enqueue with an idempotency key whose reply is lost after Redis applied it is sent
+/// again, finds its own job under the key, and reports it as enqueued (not a duplicate),
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_enqueue_finds_its_own_job_not_a_duplicate() {
+    let Some(url) = redis_url() else { return };
+    let target = url
+        .strip_prefix("redis://")
+        .unwrap_or(&url)
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = ReplyLoser::start(target).await;
+    let config = RedisQueueConfig::new(proxy.url()).key_prefix("agentic-test");
+    let queue = RedisQueue::connect_with(config).await.unwrap();
+    let name = format!("faults-repeat-{}", fastrand::u64(..));
+    let tracked = Tracked::new(queue, {
+        let url = url.clone();
+        move |_, names| delete_queue_keys(&url, "agentic-test", &names)
+    });
+    proxy.lose_next_reply();
+    let enqueued = tracked
+        .enqueue(&name, NewJob::new("once").idempotency_key("k1"))
+        .await
+        .unwrap();
+    assert!(
+        !enqueued.duplicate,
+        "its own job is not a duplicate: {enqueued:?}"
+    );
+    let got = tracked
+        .dequeue(
+            &name,
+            10,
+            Duration::from_secs(5),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "enqueued once");
+    assert_eq!(got[0].job_id(), &enqueued.id);
+    tracked.ack(&got[0].lease).await.unwrap();
+}

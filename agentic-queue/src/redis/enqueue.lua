@@ -16,7 +16,10 @@ for i = 0, n - 1 do
   local id, prio, delay, idem = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
   local prev = false
   if idem ~= '' then prev = redis.call('GET', base .. 'idem:' .. idem) end
-  if prev then
+  if is_repeat and prev == id then
+    -- A repeated call finding its own job under the key: the first try enqueued it (it
+    -- may even be done by now), so nothing is written, and it is not a duplicate.
+  elseif prev then
     out[#out + 1] = i
     out[#out + 1] = prev
   else
