@@ -394,6 +394,35 @@ async fn oversized_jobs_are_refused_and_poison_is_dead_lettered() {
         .await
         .unwrap_err();
     assert!(matches!(err, QueueError::PayloadTooLarge { .. }), "{err}");
+    // A configured maximum is the one enforced.
+    let mut config = RedisQueueConfig::new(redis_url().unwrap()).key_prefix("agentic-test");
+    config.max_payload_bytes = 1024;
+    let small = RedisQueue::connect_with(config).await.unwrap();
+    assert_eq!(small.capabilities().max_payload_bytes, 1024);
+    let err = small
+        .enqueue(&name, NewJob::new(vec![0u8; 1025]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueueError::PayloadTooLarge {
+                size: 1025,
+                max: 1024
+            }
+        ),
+        "{err}"
+    );
+    small
+        .enqueue(&name, NewJob::new(vec![0u8; 1024]))
+        .await
+        .unwrap();
+    let fits = queue
+        .dequeue(&name, 1, Duration::from_secs(5), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(fits.len(), 1, "a job of exactly the maximum goes in");
+    queue.ack(&fits[0].lease).await.unwrap();
     assert_eq!(
         queue.stats(&name).await.unwrap().ready,
         0,

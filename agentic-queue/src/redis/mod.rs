@@ -79,6 +79,10 @@ const COMMON: &str = include_str!("common.lua");
 
 /// Jobs per enqueue script call: keeps each call (and Lua's argument stack) bounded.
 const ENQUEUE_CHUNK: usize = 500;
+/// Payload and header bytes per enqueue call, after which a call takes no more jobs (the job
+/// that crosses it still goes): 500 jobs of the default 8 MiB would be 4 GiB in one
+/// command, past Redis's 1 GiB `client-query-buffer-limit`, which drops the connection.
+const ENQUEUE_CHUNK_BYTES: usize = 16 * 1024 * 1024;
 /// Leases per ack script call, for the same reason.
 const ACK_CHUNK: usize = 1000;
 /// Most jobs one dequeue returns (a larger `max` gets this many).
@@ -398,7 +402,7 @@ impl TaskQueue for RedisQueue {
         }
         let window = millis(self.config.dedupe_window).max(1);
         let mut out = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+        for chunk in enqueue_chunks(&jobs) {
             // Ids are made here, once, so a retried call repeats the same ids.
             let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
             let encoded: Vec<Vec<u8>> = chunk.iter().map(encode_job).collect::<Result<_, _>>()?;
@@ -824,6 +828,37 @@ struct StoredJob {
     payload: Bytes,
 }
 
+/// `jobs` in calls of at most [`ENQUEUE_CHUNK`] jobs and about [`ENQUEUE_CHUNK_BYTES`] bytes.
+fn enqueue_chunks(jobs: &[NewJob]) -> impl Iterator<Item = &[NewJob]> {
+    let mut rest = jobs;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0usize;
+        let n = rest
+            .iter()
+            .take(ENQUEUE_CHUNK)
+            .take_while(|job| {
+                let room = bytes < ENQUEUE_CHUNK_BYTES;
+                bytes = bytes.saturating_add(
+                    job.payload.len()
+                        + job
+                            .headers
+                            .iter()
+                            .map(|(k, v)| k.len() + v.len())
+                            .sum::<usize>(),
+                );
+                room
+            })
+            .count()
+            .max(1);
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 fn decode_job(raw: Vec<u8>) -> Result<StoredJob, QueueError> {
     let bad = || QueueError::backend_msg("stored job has no valid header");
     let end = raw
@@ -904,5 +939,28 @@ fn int(v: &Value) -> Result<i64, QueueError> {
         other => string(other)?.parse().map_err(|e| {
             QueueError::backend_msg(format!("non-integer field in script reply: {e}"))
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enqueue_calls_are_bounded_in_jobs_and_bytes() {
+        let sizes = |jobs: &[NewJob]| {
+            enqueue_chunks(jobs)
+                .map(<[NewJob]>::len)
+                .collect::<Vec<_>>()
+        };
+        let small: Vec<NewJob> = (0..1200).map(|_| NewJob::new("x")).collect();
+        assert_eq!(sizes(&small), [500, 500, 200]);
+        // 10 MiB each: the second job crosses 16 MiB and still goes; the third waits.
+        let big: Vec<NewJob> = (0..3).map(|_| NewJob::new(vec![0u8; 10 << 20])).collect();
+        assert_eq!(sizes(&big), [2, 1]);
+        // A job larger than the limit goes alone.
+        let huge = vec![NewJob::new(vec![0u8; 20 << 20]), NewJob::new("y")];
+        assert_eq!(sizes(&huge), [1, 1]);
+        assert_eq!(sizes(&[]), Vec::<usize>::new());
     }
 }
