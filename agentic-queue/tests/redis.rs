@@ -664,3 +664,72 @@ async fn a_repeated_enqueue_finds_its_own_job_not_a_duplicate() {
     assert_eq!(got[0].job_id(), &enqueued.id);
     tracked.ack(&got[0].lease).await.unwrap();
 }
+
+/// Memory stays bounded on Redis itself: an acked job leaves no key behind, an idempotency
+/// key goes when its window ends, and dead letters are trimmed to `dead_letter_max` with
+/// the trimmed jobs deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_jobs_expired_keys_and_trimmed_dead_letters_leave_nothing() {
+    let Some(url) = redis_url() else { return };
+    let mut config = RedisQueueConfig::new(url.clone()).key_prefix("agentic-test");
+    config.dedupe_window = Duration::from_millis(300);
+    config.dead_letter_max = 2;
+    let queue = Tracked::new(RedisQueue::connect_with(config).await.unwrap(), {
+        let url = url.clone();
+        move |_, names| delete_queue_keys(&url, "agentic-test", &names)
+    });
+    let name = format!("faults-memory-{}", fastrand::u64(..));
+    let client = redis::Client::open(url).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("agentic-test:{{{name}}}:*");
+    let prefix = format!("agentic-test:{{{name}}}:");
+    let mut keys = async || -> Vec<String> {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        keys.iter_mut()
+            .for_each(|k| *k = k.replacen(&prefix, "", 1));
+        keys.sort();
+        keys
+    };
+
+    queue
+        .enqueue(&name, NewJob::new("a").idempotency_key("once"))
+        .await
+        .unwrap();
+    let got = queue
+        .dequeue(&name, 1, Duration::from_secs(5), Duration::from_secs(1))
+        .await
+        .unwrap();
+    queue.ack(&got[0].lease).await.unwrap();
+    assert_eq!(
+        keys().await,
+        ["idem:once", "leased", "seq"],
+        "after the ack"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(keys().await, ["leased", "seq"], "after the dedupe window");
+
+    for payload in ["d1", "d2", "d3"] {
+        queue.enqueue(&name, NewJob::new(payload)).await.unwrap();
+    }
+    let got = queue
+        .dequeue(&name, 3, Duration::from_secs(5), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    for d in &got {
+        queue.nack(&d.lease, Retry::DeadLetter, "no").await.unwrap();
+    }
+    let dead = queue.dead_letters(&name, 10).await.unwrap();
+    let payloads: Vec<&[u8]> = dead.iter().map(|d| d.payload.as_ref()).collect();
+    assert_eq!(payloads, [&b"d2"[..], &b"d3"[..]], "the oldest is trimmed");
+    let jobs = keys()
+        .await
+        .iter()
+        .filter(|k| k.starts_with("job:"))
+        .count();
+    assert_eq!(jobs, 2, "the trimmed job is deleted");
+}
