@@ -4,8 +4,8 @@
 //! path, which publishes) and off (updates take its fast paths). Without the variable every
 //! case prints a skip and passes.
 //!
-//! All cases share one namespace; each case works under its own random key prefix and
-//! deletes its keys, so only the namespace's two counters (`ver`, `fence`) stay behind.
+//! Each case runs on a namespace of its own, and every key of it goes when the case ends,
+//! passed or failed (see [`Cleaned`]): nothing stays behind in the shared Redis.
 
 use std::sync::Arc;
 
@@ -20,14 +20,118 @@ fn url() -> Option<String> {
 }
 
 async fn redis_store(watch: bool) -> Option<Arc<dyn StateStore>> {
-    let mut config = RedisStoreConfig::new(url()?).namespace("agentic-test-conformance");
+    let url = url()?;
+    let ns = format!("agentic-test-conformance-{:x}", fastrand::u64(..));
+    let mut config = RedisStoreConfig::new(url.clone()).namespace(&ns);
     if watch {
         config = config.with_watch();
     }
     match RedisStore::connect_with(config).await {
-        Ok(s) => Some(Arc::new(s)),
+        Ok(store) => Some(Arc::new(Cleaned {
+            store,
+            url,
+            base: format!("agentic:{{{ns}}}:"),
+        })),
         // The variable is set, so Redis is meant to be there: fail loudly, never skip.
         Err(e) => panic!("AGENTIC_REDIS_URL is set but Redis cannot be reached: {e}"),
+    }
+}
+
+/// A store on a namespace of its own whose keys all go when it is dropped: when its case
+/// ends, passed or failed (a panic unwinds through the case, which owns the last handle).
+struct Cleaned {
+    store: RedisStore,
+    url: String,
+    base: String,
+}
+
+impl Drop for Cleaned {
+    fn drop(&mut self) {
+        let deleted = redis::Client::open(self.url.as_str())
+            .and_then(|client| client.get_connection())
+            .and_then(|mut c| {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", self.base))
+                    .query(&mut c)?;
+                if !keys.is_empty() {
+                    redis::cmd("DEL").arg(keys).query::<()>(&mut c)?;
+                }
+                Ok(())
+            });
+        if let Err(e) = deleted {
+            eprintln!(
+                "cleanup: could not delete the keys under {}: {e}",
+                self.base
+            );
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for Cleaned {
+    fn capabilities(&self) -> agentic_store::StoreCapabilities {
+        self.store.capabilities()
+    }
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<agentic_store::Versioned>, agentic_store::StoreError> {
+        self.store.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        opts: PutOptions,
+    ) -> Result<u64, agentic_store::StoreError> {
+        self.store.put(key, value, opts).await
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expect: agentic_store::Expect,
+    ) -> Result<bool, agentic_store::StoreError> {
+        self.store.delete(key, expect).await
+    }
+    async fn scan(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<agentic_store::ScanPage, agentic_store::StoreError> {
+        self.store.scan(prefix, cursor, limit).await
+    }
+    async fn lock(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<agentic_store::LockGuard>, agentic_store::StoreError> {
+        self.store.lock(name, ttl).await
+    }
+    async fn extend_lock(
+        &self,
+        guard: &agentic_store::LockGuard,
+        ttl: std::time::Duration,
+    ) -> Result<agentic_store::LockGuard, agentic_store::StoreError> {
+        self.store.extend_lock(guard, ttl).await
+    }
+    async fn unlock(
+        &self,
+        guard: &agentic_store::LockGuard,
+    ) -> Result<(), agentic_store::StoreError> {
+        self.store.unlock(guard).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+    ) -> Result<
+        futures::stream::BoxStream<
+            'static,
+            Result<agentic_store::WatchEvent, agentic_store::StoreError>,
+        >,
+        agentic_store::StoreError,
+    > {
+        self.store.watch(prefix).await
     }
 }
 
