@@ -48,6 +48,90 @@ use crate::{
     Expect, PutOptions, ScopedStore, StateStore, StoreError, TypedStore, Versioned, WatchEvent,
 };
 
+/// A store that runs a clean-up when it is dropped: when the test that owns its last handle
+/// ends, passed or failed (a panic unwinds through the owner). For backend tests that must
+/// leave nothing behind on a shared server: delete the test's namespace or buckets there.
+/// Every [`StateStore`] call goes to the wrapped store.
+pub struct CleanupOnDrop<S> {
+    store: S,
+    cleanup: Option<Cleanup<S>>,
+}
+
+/// What [`CleanupOnDrop`] runs on drop.
+type Cleanup<S> = Box<dyn FnOnce(&S) + Send + Sync>;
+
+impl<S> CleanupOnDrop<S> {
+    /// Wraps `store`; `cleanup` runs once, on drop. It cannot await: a clean-up that needs
+    /// async calls runs them on a thread of its own with its own small runtime.
+    pub fn new(store: S, cleanup: impl FnOnce(&S) + Send + Sync + 'static) -> Self {
+        CleanupOnDrop {
+            store,
+            cleanup: Some(Box::new(cleanup)),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.store
+    }
+}
+
+impl<S> Drop for CleanupOnDrop<S> {
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup(&self.store);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: StateStore> StateStore for CleanupOnDrop<S> {
+    fn capabilities(&self) -> crate::StoreCapabilities {
+        self.store.capabilities()
+    }
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.store.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>, opts: PutOptions) -> Result<u64, StoreError> {
+        self.store.put(key, value, opts).await
+    }
+    async fn delete(&self, key: &str, expect: Expect) -> Result<bool, StoreError> {
+        self.store.delete(key, expect).await
+    }
+    async fn scan(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::ScanPage, StoreError> {
+        self.store.scan(prefix, cursor, limit).await
+    }
+    async fn lock(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<crate::LockGuard>, StoreError> {
+        self.store.lock(name, ttl).await
+    }
+    async fn extend_lock(
+        &self,
+        guard: &crate::LockGuard,
+        ttl: Duration,
+    ) -> Result<crate::LockGuard, StoreError> {
+        self.store.extend_lock(guard, ttl).await
+    }
+    async fn unlock(&self, guard: &crate::LockGuard) -> Result<(), StoreError> {
+        self.store.unlock(guard).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError>
+    {
+        self.store.watch(prefix).await
+    }
+}
+
 /// A short TTL the TTL and lock cases wait out; long enough for a networked backend to act
 /// on a write before it expires.
 const SHORT_TTL: Duration = Duration::from_millis(300);

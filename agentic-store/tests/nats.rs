@@ -11,27 +11,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentic_store::{
-    Expect, LockGuard, NatsStore, NatsStoreConfig, PutOptions, ScanPage, StateStore,
-    StoreCapabilities, StoreError, Versioned, WatchEvent,
-};
-use async_trait::async_trait;
-use futures::stream::BoxStream;
+use agentic_store::testkit::CleanupOnDrop;
+use agentic_store::{Expect, NatsStore, NatsStoreConfig, PutOptions, StateStore, StoreError};
 
 fn nats_url() -> Option<String> {
     std::env::var("AGENTIC_NATS_URL").ok()
 }
 
 /// A `NatsStore` in fresh buckets that are deleted when the last handle is dropped.
-struct TestStore {
-    store: NatsStore,
-}
+type TestStore = CleanupOnDrop<NatsStore>;
 
-impl Drop for TestStore {
-    fn drop(&mut self) {
-        // Drop cannot await and may run inside the test's runtime: delete on a thread of
-        // our own with its own small runtime, and wait for it so nothing outlives the test.
-        let store = self.store.clone();
+/// Wraps `store` so its buckets go when it is dropped. Drop cannot await and may run inside
+/// the test's runtime: the deletion runs on a thread of its own with its own small runtime,
+/// waited for, so nothing outlives the test.
+fn deleted_on_drop(store: NatsStore) -> TestStore {
+    CleanupOnDrop::new(store, |store| {
+        let store = store.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -42,7 +37,7 @@ impl Drop for TestStore {
             }
         })
         .join();
-    }
+    })
 }
 
 async fn test_store(skip_name: &str) -> Option<Arc<TestStore>> {
@@ -55,51 +50,12 @@ async fn test_store(skip_name: &str) -> Option<Arc<TestStore>> {
         .await
         // The variable is set, so NATS is meant to be there: fail loudly, never skip.
         .unwrap_or_else(|e| panic!("AGENTIC_NATS_URL is set but NATS cannot be used: {e}"));
-    Some(Arc::new(TestStore { store }))
+    Some(Arc::new(deleted_on_drop(store)))
 }
 
 fn fastrand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
-}
-
-#[async_trait]
-impl StateStore for TestStore {
-    fn capabilities(&self) -> StoreCapabilities {
-        self.store.capabilities()
-    }
-    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        self.store.get(key).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>, opts: PutOptions) -> Result<u64, StoreError> {
-        self.store.put(key, value, opts).await
-    }
-    async fn delete(&self, key: &str, expect: Expect) -> Result<bool, StoreError> {
-        self.store.delete(key, expect).await
-    }
-    async fn scan(
-        &self,
-        prefix: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<ScanPage, StoreError> {
-        self.store.scan(prefix, cursor, limit).await
-    }
-    async fn lock(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>, StoreError> {
-        self.store.lock(name, ttl).await
-    }
-    async fn extend_lock(&self, guard: &LockGuard, ttl: Duration) -> Result<LockGuard, StoreError> {
-        self.store.extend_lock(guard, ttl).await
-    }
-    async fn unlock(&self, guard: &LockGuard) -> Result<(), StoreError> {
-        self.store.unlock(guard).await
-    }
-    async fn watch(
-        &self,
-        prefix: &str,
-    ) -> Result<BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError> {
-        self.store.watch(prefix).await
-    }
 }
 
 mod conformance {
@@ -188,7 +144,7 @@ async fn bucket_max_age_expires_keys() {
     )
     .await
     .unwrap();
-    let store = TestStore { store };
+    let store = deleted_on_drop(store);
     store
         .put("k", b"v".to_vec(), PutOptions::new())
         .await

@@ -5,10 +5,11 @@
 //! case prints a skip and passes.
 //!
 //! Each case runs on a namespace of its own, and every key of it goes when the case ends,
-//! passed or failed (see [`Cleaned`]): nothing stays behind in the shared Redis.
+//! passed or failed (`testkit::CleanupOnDrop`): nothing stays behind in the shared Redis.
 
 use std::sync::Arc;
 
+use agentic_store::testkit::CleanupOnDrop;
 use agentic_store::{PutOptions, RedisStore, RedisStoreConfig, StateStore};
 
 fn url() -> Option<String> {
@@ -26,112 +27,30 @@ async fn redis_store(watch: bool) -> Option<Arc<dyn StateStore>> {
     if watch {
         config = config.with_watch();
     }
+    let base = format!("agentic:{{{ns}}}:");
     match RedisStore::connect_with(config).await {
-        Ok(store) => Some(Arc::new(Cleaned {
-            store,
-            url,
-            base: format!("agentic:{{{ns}}}:"),
-        })),
+        Ok(store) => Some(Arc::new(CleanupOnDrop::new(store, move |_| {
+            delete_namespace(&url, &base)
+        }))),
         // The variable is set, so Redis is meant to be there: fail loudly, never skip.
         Err(e) => panic!("AGENTIC_REDIS_URL is set but Redis cannot be reached: {e}"),
     }
 }
 
-/// A store on a namespace of its own whose keys all go when it is dropped: when its case
-/// ends, passed or failed (a panic unwinds through the case, which owns the last handle).
-struct Cleaned {
-    store: RedisStore,
-    url: String,
-    base: String,
-}
-
-impl Drop for Cleaned {
-    fn drop(&mut self) {
-        let deleted = redis::Client::open(self.url.as_str())
-            .and_then(|client| client.get_connection())
-            .and_then(|mut c| {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}*", self.base))
-                    .query(&mut c)?;
-                if !keys.is_empty() {
-                    redis::cmd("DEL").arg(keys).query::<()>(&mut c)?;
-                }
-                Ok(())
-            });
-        if let Err(e) = deleted {
-            eprintln!(
-                "cleanup: could not delete the keys under {}: {e}",
-                self.base
-            );
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl StateStore for Cleaned {
-    fn capabilities(&self) -> agentic_store::StoreCapabilities {
-        self.store.capabilities()
-    }
-    async fn get(
-        &self,
-        key: &str,
-    ) -> Result<Option<agentic_store::Versioned>, agentic_store::StoreError> {
-        self.store.get(key).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        opts: PutOptions,
-    ) -> Result<u64, agentic_store::StoreError> {
-        self.store.put(key, value, opts).await
-    }
-    async fn delete(
-        &self,
-        key: &str,
-        expect: agentic_store::Expect,
-    ) -> Result<bool, agentic_store::StoreError> {
-        self.store.delete(key, expect).await
-    }
-    async fn scan(
-        &self,
-        prefix: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<agentic_store::ScanPage, agentic_store::StoreError> {
-        self.store.scan(prefix, cursor, limit).await
-    }
-    async fn lock(
-        &self,
-        name: &str,
-        ttl: std::time::Duration,
-    ) -> Result<Option<agentic_store::LockGuard>, agentic_store::StoreError> {
-        self.store.lock(name, ttl).await
-    }
-    async fn extend_lock(
-        &self,
-        guard: &agentic_store::LockGuard,
-        ttl: std::time::Duration,
-    ) -> Result<agentic_store::LockGuard, agentic_store::StoreError> {
-        self.store.extend_lock(guard, ttl).await
-    }
-    async fn unlock(
-        &self,
-        guard: &agentic_store::LockGuard,
-    ) -> Result<(), agentic_store::StoreError> {
-        self.store.unlock(guard).await
-    }
-    async fn watch(
-        &self,
-        prefix: &str,
-    ) -> Result<
-        futures::stream::BoxStream<
-            'static,
-            Result<agentic_store::WatchEvent, agentic_store::StoreError>,
-        >,
-        agentic_store::StoreError,
-    > {
-        self.store.watch(prefix).await
+/// Deletes every key under `base` (a namespace's `agentic:{<ns>}:`), without awaiting: it runs
+/// when a test's store is dropped.
+fn delete_namespace(url: &str, base: &str) {
+    let deleted = redis::Client::open(url)
+        .and_then(|client| client.get_connection())
+        .and_then(|mut c| {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{base}*")).query(&mut c)?;
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(keys).query::<()>(&mut c)?;
+            }
+            Ok(())
+        });
+    if let Err(e) = deleted {
+        eprintln!("cleanup: could not delete the keys under {base}: {e}");
     }
 }
 
