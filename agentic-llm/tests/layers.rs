@@ -418,6 +418,22 @@ async fn limiter_pauses_and_slows_down_after_a_429() {
     assert!(limiter.rate_factor() > 0.75);
 }
 
+#[tokio::test(start_paused = true)]
+async fn absurd_durations_do_not_panic_the_layers() {
+    // A provider's Retry-After can be any number: a huge one pauses the limiter (as long as
+    // the clock can say), it does not overflow the clock.
+    let llm = ScriptedProvider::new()
+        .then_error(|| rate_limited(Some(Duration::MAX)))
+        .respond_with(|_| Ok(ok()));
+    let limiter = llm.with_rate_limit(RateLimit::per_minute(600, 1_000_000));
+    assert!(limiter.complete(ChatRequest::user("x")).await.is_err());
+    // Config durations of Duration::MAX mean "no limit" in effect.
+    let unbounded = ScriptedProvider::new()
+        .respond_with(|_| Ok(ok()))
+        .with_timeout(Timeouts::call(Duration::MAX));
+    assert!(unbounded.complete(ChatRequest::user("x")).await.is_ok());
+}
+
 // ---- timeout --------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]

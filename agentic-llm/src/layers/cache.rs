@@ -105,7 +105,7 @@ impl Store {
             key,
             Entry {
                 response,
-                expires: now + config.ttl,
+                expires: super::later(now, config.ttl),
                 last_used: tick,
             },
         );

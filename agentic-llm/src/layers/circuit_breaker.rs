@@ -242,7 +242,7 @@ fn record(state: &Mutex<Breaker>, config: &BreakerConfig, ticket: Ticket, failed
         match failed {
             Some(true) => {
                 breaker.mode = Mode::Open {
-                    until: now + config.cool_down,
+                    until: super::later(now, config.cool_down),
                 };
             }
             Some(false) => {
@@ -268,7 +268,7 @@ fn record(state: &Mutex<Breaker>, config: &BreakerConfig, ticket: Ticket, failed
     let rate = breaker.outcomes.failures as f64 / calls.max(1) as f64;
     if failed && calls >= config.minimum_calls && rate >= config.failure_rate {
         breaker.mode = Mode::Open {
-            until: now + config.cool_down,
+            until: super::later(now, config.cool_down),
         };
         breaker.outcomes.clear();
     }

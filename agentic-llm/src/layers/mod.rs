@@ -57,6 +57,16 @@ pub use timeout::{Timeout, Timeouts};
 
 use crate::LlmProvider;
 
+/// `now + d`, or thirty years from now (tokio's own far future) when that does not fit in an
+/// `Instant`: a TTL, timeout or cool-down of `Duration::MAX` from a config, or a provider's
+/// absurd `Retry-After`, must not panic a call.
+pub(crate) fn later(now: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instant {
+    const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
 /// Wraps any provider in a layer: `provider.with_retry(RetryPolicy::default())`.
 pub trait LayerExt: LlmProvider + Sized {
     /// See [`Retry`].

@@ -236,7 +236,7 @@ fn settle(state: &Mutex<Limiter>, reserved: u64, outcome: Outcome<'_>) {
         Outcome::Abandoned(usage) => usage.total(),
         Outcome::Failed(error) => {
             if let LlmError::RateLimited { retry_after, .. } = error {
-                let until = Instant::now() + retry_after.unwrap_or(DEFAULT_PAUSE);
+                let until = super::later(Instant::now(), retry_after.unwrap_or(DEFAULT_PAUSE));
                 limiter.paused_until = Some(limiter.paused_until.map_or(until, |u| u.max(until)));
                 limiter.factor = (limiter.factor * DECREASE).max(MIN_FACTOR);
             }

@@ -71,8 +71,8 @@ impl Deadlines {
     fn new(timeouts: Timeouts) -> Self {
         let now = Instant::now();
         Deadlines {
-            call: timeouts.call.map(|d| (now + d, d)),
-            first_token: timeouts.first_token.map(|d| (now + d, d)),
+            call: timeouts.call.map(|d| (super::later(now, d), d)),
+            first_token: timeouts.first_token.map(|d| (super::later(now, d), d)),
         }
     }
 

@@ -555,13 +555,14 @@ impl Inner {
             .map_err(|e| setup_msg(format!("cannot set fuel: {e}")))?;
 
         let started = Instant::now();
-        let deadline = started + limits.wall_time;
+        // A wall time too long to add to the clock is no limit at all.
+        let deadline = started.checked_add(limits.wall_time);
         // Check the clock at every epoch tick: cheap (one comparison per tick), and exact to a
         // tick whatever the tick length, unlike counting ticks, which drift when the ticker
         // thread is descheduled on a loaded machine.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 Err(wasmtime::Error::new(WallClockExceeded))
             } else if abandoned.load(Ordering::Relaxed) {
                 Err(wasmtime::Error::new(Abandoned))
