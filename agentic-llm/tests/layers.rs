@@ -427,6 +427,12 @@ async fn absurd_durations_do_not_panic_the_layers() {
         .respond_with(|_| Ok(ok()));
     let limiter = llm.with_rate_limit(RateLimit::per_minute(600, 1_000_000));
     assert!(limiter.complete(ChatRequest::user("x")).await.is_err());
+    // The retry layer gives up on such a hint (past its total budget) instead of overflowing.
+    let retried = ScriptedProvider::new()
+        .respond_with(|_| Err(rate_limited(Some(Duration::MAX))))
+        .with_retry(RetryPolicy::default());
+    let error = retried.complete(ChatRequest::user("x")).await.unwrap_err();
+    assert!(matches!(error, LlmError::RateLimited { .. }), "{error}");
     // Config durations of Duration::MAX mean "no limit" in effect.
     let unbounded = ScriptedProvider::new()
         .respond_with(|_| Ok(ok()))

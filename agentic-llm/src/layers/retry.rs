@@ -50,7 +50,7 @@ impl RetryPolicy {
             .min(self.max_backoff);
         let unit = unit.clamp(0.0, 1.0);
         match retry_after {
-            Some(hint) => hint + exponential.mul_f64(unit * 0.1),
+            Some(hint) => hint.saturating_add(exponential.mul_f64(unit * 0.1)),
             None => exponential.mul_f64(unit),
         }
     }
@@ -101,7 +101,7 @@ impl<P: LlmProvider> Retry<P> {
             let wait = self
                 .policy
                 .backoff(attempt - 1, error.retry_after(), fastrand::f64());
-            if started.elapsed() + wait > self.policy.max_total {
+            if started.elapsed().saturating_add(wait) > self.policy.max_total {
                 return Err(error);
             }
             tracing::debug!(
