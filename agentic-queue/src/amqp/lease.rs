@@ -67,14 +67,16 @@ impl Held {
 
     /// True when a delivery nears the broker's timeout and has to be parked to live on.
     fn due_for_parking(&self, now: Instant, ahead: Duration) -> bool {
-        matches!(&self.place, Place::Delivered { deadline, .. } if *deadline <= now + ahead)
+        matches!(&self.place, Place::Delivered { deadline, .. } if *deadline <= crate::later(now, ahead))
             && self.expires_at > now
     }
 }
 
 /// How far ahead of the broker's deadline the reaper parks a delivery.
 fn park_ahead(reap_interval: Duration) -> Duration {
-    (reap_interval * 4).max(Duration::from_millis(200))
+    reap_interval
+        .saturating_mul(4)
+        .max(Duration::from_millis(200))
 }
 
 impl Inner {
@@ -257,7 +259,7 @@ impl Inner {
                 let expires_at = held.expires_at;
                 drop(self.spawn_move(&state, key, held, lease_for, expires_at));
             }
-            self.hand_back_aged(&state, now + ahead).await;
+            self.hand_back_aged(&state, crate::later(now, ahead)).await;
         }
     }
 

@@ -446,7 +446,7 @@ impl QueueState {
         // Arrival order: the oldest are at the front.
         while buffer
             .front()
-            .is_some_and(|(received, _)| *received + max_lease <= by)
+            .is_some_and(|(received, _)| crate::later(*received, max_lease) <= by)
         {
             if let Some((received, d)) = buffer.pop_front()
                 && d.acker.usable()
@@ -881,7 +881,7 @@ impl Inner {
                 place: Place::Delivered {
                     acker: d.acker,
                     // The broker's timer started when it sent the delivery.
-                    deadline: received + self.config.max_lease(),
+                    deadline: crate::later(received, self.config.max_lease()),
                 },
                 job,
                 payload,

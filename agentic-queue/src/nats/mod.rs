@@ -549,7 +549,13 @@ impl NatsQueue {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, QueueError>>,
     {
-        let deadline = Instant::now() + self.inner.config.request_timeout * SETUP_DEADLINE_TIMEOUTS;
+        let deadline = crate::later(
+            Instant::now(),
+            self.inner
+                .config
+                .request_timeout
+                .saturating_mul(SETUP_DEADLINE_TIMEOUTS),
+        );
         let mut delay = Duration::from_millis(50);
         loop {
             match step().await {
@@ -685,7 +691,9 @@ impl NatsQueue {
                 return;
             };
             let now = Instant::now();
-            if at.is_some_and(|t| now < t + self.inner.config.poll_interval * 5) {
+            if at.is_some_and(|t| {
+                now < crate::later(t, self.inner.config.poll_interval.saturating_mul(5))
+            }) {
                 return;
             }
             *at = Some(now);
