@@ -549,6 +549,13 @@ async fn an_unreadable_job_record_is_dead_lettered_and_spares_its_batch() {
         dead[1].reason
     );
     assert_eq!(dead[1].payload.as_ref(), b"garbage");
+    // Requeueing such a dead letter moves nothing and keeps it listed: it cannot run.
+    let moved = queue
+        .requeue_dead(&name, &[dead[0].job_id.clone(), dead[1].job_id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(moved, 0);
+    assert_eq!(queue.dead_letters(&name, 10).await.unwrap().len(), 2);
 }
 
 /// A TCP proxy to Redis that can lose a reply: armed, it forwards the next request it gets
@@ -672,7 +679,7 @@ async fn a_repeated_enqueue_finds_its_own_job_not_a_duplicate() {
 async fn acked_jobs_expired_keys_and_trimmed_dead_letters_leave_nothing() {
     let Some(url) = redis_url() else { return };
     let mut config = RedisQueueConfig::new(url.clone()).key_prefix("agentic-test");
-    config.dedupe_window = Duration::from_millis(300);
+    config.dedupe_window = Duration::from_secs(2);
     config.dead_letter_max = 2;
     let queue = Tracked::new(RedisQueue::connect_with(config).await.unwrap(), {
         let url = url.clone();
@@ -709,7 +716,7 @@ async fn acked_jobs_expired_keys_and_trimmed_dead_letters_leave_nothing() {
         ["idem:once", "leased", "seq"],
         "after the ack"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(keys().await, ["leased", "seq"], "after the dedupe window");
 
     for payload in ["d1", "d2", "d3"] {

@@ -326,7 +326,7 @@ impl RedisQueue {
                     // A record that cannot be read (written behind our back, or by an
                     // incompatible release) goes to the dead letters with the reason, its raw
                     // bytes kept; the rest of the batch is delivered.
-                    let reason = format!("the stored job record could not be read: {e}");
+                    let reason = format!("unreadable job record; {e}");
                     if let Err(e) = self.nack(&lease, Retry::DeadLetter, &reason).await {
                         tracing::warn!(queue = %queue, job = %lease.job_id, error = %e, "could not dead-letter an unreadable job; its lease will expire");
                     }
