@@ -562,12 +562,32 @@ async fn an_unreadable_job_record_is_dead_lettered_and_spares_its_batch() {
 /// from the client, lets the server run it and answer, throws the answer away and closes
 /// the connection. The client sees its connection drop after the write was applied.
 struct ReplyLoser {
-    port: u16,
+    url: String,
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ReplyLoser {
-    async fn start(target: String) -> ReplyLoser {
+    /// A proxy to the server of `redis_url` (`redis://[user:password@]host[:port][/db]`).
+    async fn start(redis_url: &str) -> ReplyLoser {
+        let rest = redis_url.split_once("://").map_or(redis_url, |(_, r)| r);
+        let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
+        let (host_port, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+        let target = if host_port.contains(':') {
+            host_port.to_owned()
+        } else {
+            format!("{host_port}:6379")
+        };
+        let url_of = {
+            let (userinfo, path) = (userinfo.to_owned(), path.to_owned());
+            move |port: u16| {
+                let at = if userinfo.is_empty() {
+                    String::new()
+                } else {
+                    format!("{userinfo}@")
+                };
+                format!("redis://{at}127.0.0.1:{port}/{path}")
+            }
+        };
         use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -617,11 +637,15 @@ impl ReplyLoser {
                 });
             }
         });
-        ReplyLoser { port, armed }
+        ReplyLoser {
+            url: url_of(port),
+            armed,
+        }
     }
 
+    /// The URL to connect through the proxy.
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.url.clone()
     }
 
     /// Loses the answer to the next request.
@@ -636,12 +660,7 @@ impl ReplyLoser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_enqueue_finds_its_own_job_not_a_duplicate() {
     let Some(url) = redis_url() else { return };
-    let target = url
-        .strip_prefix("redis://")
-        .unwrap_or(&url)
-        .trim_end_matches('/')
-        .to_owned();
-    let proxy = ReplyLoser::start(target).await;
+    let proxy = ReplyLoser::start(&url).await;
     let config = RedisQueueConfig::new(proxy.url()).key_prefix("agentic-test");
     let queue = RedisQueue::connect_with(config).await.unwrap();
     let name = format!("faults-repeat-{}", fastrand::u64(..));
@@ -649,6 +668,18 @@ async fn a_repeated_enqueue_finds_its_own_job_not_a_duplicate() {
         let url = url.clone();
         move |_, names| delete_queue_keys(&url, "agentic-test", &names)
     });
+    // Once unarmed first, so the armed call is not the EVALSHA that meets an empty script
+    // cache (the client would then load the script and send a fresh repeat, and the branch
+    // under test would never run).
+    tracked
+        .enqueue(&name, NewJob::new("warm").idempotency_key("k0"))
+        .await
+        .unwrap();
+    let warm = tracked
+        .dequeue(&name, 1, Duration::from_secs(5), Duration::from_secs(1))
+        .await
+        .unwrap();
+    tracked.ack(&warm[0].lease).await.unwrap();
     proxy.lose_next_reply();
     let enqueued = tracked
         .enqueue(&name, NewJob::new("once").idempotency_key("k1"))

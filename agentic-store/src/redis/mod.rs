@@ -305,9 +305,8 @@ enum Repeat {
     Safe,
     /// A second run would misreport the first one's effect (a compare-and-set finding its
     /// own write and calling it a conflict; a lock finding itself held; an unlock or a
-    /// delete finding nothing to do). Retried only when the call surely never ran (the
-    /// connection was refused, or the server refused the command); after a timeout or a
-    /// dropped connection the outcome is unknown, and the caller is told so.
+    /// delete finding nothing to do). Retried only when the call surely never ran (see
+    /// [`surely_not_run`]); otherwise the outcome is unknown, and the caller is told so.
     Once,
 }
 
@@ -338,7 +337,7 @@ impl Shared {
             attempt += 1;
             match op(self.conn.clone()).await {
                 Ok(v) => return Ok(v),
-                Err(e) if repeat == Repeat::Once && may_have_run(&e) => {
+                Err(e) if repeat == Repeat::Once && is_transient(&e) && !surely_not_run(&e) => {
                     return Err(StoreError::Backend {
                         message: format!(
                             "Redis {what}: no answer ({e}); it may or may not have been \
@@ -722,11 +721,12 @@ fn decode_change(payload: &[u8]) -> Result<WatchEvent, StoreError> {
     }
 }
 
-/// A failure after which the command may have run: no answer came (a timeout, or the
-/// connection broke while waiting). A refused connection or an error reply means it did
-/// not run.
-fn may_have_run(e: &redis::RedisError) -> bool {
-    !e.is_connection_refusal() && (e.is_timeout() || e.is_connection_dropped() || e.is_io_error())
+/// A failure that shows the command did not run: the connection was refused, or Redis
+/// answered with an error (`LOADING`, `BUSY`, `TRYAGAIN`, …). After anything else (a
+/// timeout, a connection broken while waiting, a reply that could not be parsed) it may
+/// have run.
+fn surely_not_run(e: &redis::RedisError) -> bool {
+    e.is_connection_refusal() || matches!(e.kind(), redis::ErrorKind::Server(_))
 }
 
 fn is_transient(e: &redis::RedisError) -> bool {
