@@ -549,13 +549,52 @@ async fn an_unreadable_job_record_is_dead_lettered_and_spares_its_batch() {
         dead[1].reason
     );
     assert_eq!(dead[1].payload.as_ref(), b"garbage");
+    // A job key holding another Redis type stops nothing: the job is dead-lettered too.
+    let id = queue.enqueue(&name, NewJob::new("fifth")).await.unwrap().id;
+    let key = format!("agentic-test:{{{name}}}:job:{id}");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("f")
+        .arg("v")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let none = queue
+        .dequeue(
+            &name,
+            1,
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let none = queue
+        .dequeue(&name, 1, Duration::from_secs(5), Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    let dead = queue.dead_letters(&name, 10).await.unwrap();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(dead[2].job_id, id);
+    assert!(
+        dead[2].reason.contains("unreadable job record"),
+        "{}",
+        dead[2].reason
+    );
     // Requeueing such a dead letter moves nothing and keeps it listed: it cannot run.
     let moved = queue
         .requeue_dead(&name, &[dead[0].job_id.clone(), dead[1].job_id.clone()])
         .await
         .unwrap();
     assert_eq!(moved, 0);
-    assert_eq!(queue.dead_letters(&name, 10).await.unwrap().len(), 2);
+    assert_eq!(queue.dead_letters(&name, 10).await.unwrap().len(), 3);
 }
 
 /// A TCP proxy to Redis that can lose a reply: armed, it forwards the next request it gets

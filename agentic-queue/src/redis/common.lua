@@ -79,7 +79,10 @@ end
 
 -- The job's priority and max_attempts from its header; nil when the job is gone.
 local function job_head(id)
-  local h = redis.call('GETRANGE', job_key(id), 0, 63)
+  -- pcall: a job key holding another Redis type (written behind the queue's back) is an
+  -- unreadable record, not an error that would stop every dequeue of the queue.
+  local h = redis.pcall('GETRANGE', job_key(id), 0, 63)
+  if type(h) ~= 'string' then return nil end
   local p, m = string.match(h, '^(%d+),(%d+),')
   if not p then return nil end
   return p, tonumber(m)

@@ -3,7 +3,9 @@
 local ids = redis.call('LRANGE', DEAD, 0, tonumber(ARGV[1]) - 1)
 local out = {}
 for _, id in ipairs(ids) do
-  local job = redis.call('GET', job_key(id))
+  local job = redis.pcall('GET', job_key(id))
+  -- Another Redis type at the job key: listed with the error as its (unreadable) record.
+  if type(job) == 'table' then job = job.err end
   if job then
     local attempts, dead_at, reason = read_state(id)
     out[#out + 1] = id
