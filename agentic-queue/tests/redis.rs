@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentic_queue::testkit::Tracked;
-use agentic_queue::{NewJob, QueueError, RedisQueue, RedisQueueConfig, Retry, TaskQueue};
+use agentic_queue::{
+    DeadLetter, JobId, NewJob, QueueError, RedisQueue, RedisQueueConfig, Retry, TaskQueue,
+};
 
 fn redis_url() -> Option<String> {
     match std::env::var("AGENTIC_REDIS_URL") {
@@ -534,21 +536,8 @@ async fn an_unreadable_job_record_is_dead_lettered_and_spares_its_batch() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let none = queue
-        .dequeue(&name, 1, Duration::from_secs(5), Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert!(none.is_empty(), "{none:?}");
-    let dead = queue.dead_letters(&name, 10).await.unwrap();
-    assert_eq!(dead.len(), 2, "{dead:?}");
-    assert_eq!(dead[1].job_id, id);
-    assert!(
-        dead[1].reason.contains("unreadable job record"),
-        "{}",
-        dead[1].reason
-    );
-    assert_eq!(dead[1].payload.as_ref(), b"garbage");
+    let fourth = reclaimed_as_unreadable(&queue, &name, &id, 2).await;
+    assert_eq!(fourth.payload.as_ref(), b"garbage");
     // A job key holding another Redis type stops nothing: the job is dead-lettered too.
     let id = queue.enqueue(&name, NewJob::new("fifth")).await.unwrap().id;
     let key = format!("agentic-test:{{{name}}}:job:{id}");
@@ -574,27 +563,40 @@ async fn an_unreadable_job_record_is_dead_lettered_and_spares_its_batch() {
         .await
         .unwrap();
     assert!(none.is_empty(), "{none:?}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let none = queue
-        .dequeue(&name, 1, Duration::from_secs(5), Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert!(none.is_empty(), "{none:?}");
-    let dead = queue.dead_letters(&name, 10).await.unwrap();
-    assert_eq!(dead.len(), 3, "{dead:?}");
-    assert_eq!(dead[2].job_id, id);
-    assert!(
-        dead[2].reason.contains("unreadable job record"),
-        "{}",
-        dead[2].reason
-    );
+    reclaimed_as_unreadable(&queue, &name, &id, 3).await;
     // Requeueing such a dead letter moves nothing and keeps it listed: it cannot run.
     let moved = queue
-        .requeue_dead(&name, &[dead[0].job_id.clone(), dead[1].job_id.clone()])
+        .requeue_dead(&name, &[ids[1].clone(), fourth.job_id.clone()])
         .await
         .unwrap();
     assert_eq!(moved, 0);
     assert_eq!(queue.dead_letters(&name, 10).await.unwrap().len(), 3);
+}
+
+/// Waits out the 100 ms lease of job `id` (leased, unreadable), lets a dequeue reclaim it,
+/// and checks it is now the `count`th dead letter, as an unreadable record; returns it.
+async fn reclaimed_as_unreadable(
+    queue: &dyn TaskQueue,
+    name: &str,
+    id: &JobId,
+    count: usize,
+) -> DeadLetter {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let none = queue
+        .dequeue(name, 1, Duration::from_secs(5), Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    let mut dead = queue.dead_letters(name, 10).await.unwrap();
+    assert_eq!(dead.len(), count, "{dead:?}");
+    let last = dead.remove(count - 1);
+    assert_eq!(&last.job_id, id);
+    assert!(
+        last.reason.contains("unreadable job record"),
+        "{}",
+        last.reason
+    );
+    last
 }
 
 /// A TCP proxy to Redis that can lose a reply: armed, it forwards the next request it gets
