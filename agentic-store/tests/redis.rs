@@ -54,47 +54,46 @@ fn delete_namespace(url: &str, base: &str) {
     }
 }
 
-/// A namespace of this test's own, its key base `agentic:{<ns>}:`, and a plain connection
-/// for writing and checking keys behind the store's back.
+/// Deletes every key of a test's namespace when dropped: when the test ends, passed or failed.
+type Cleanup = CleanupOnDrop<()>;
+
+/// A namespace of this test's own, its key base `agentic:{<ns>}:`, a plain connection for
+/// writing and checking keys behind the store's back, and the guard that deletes every key
+/// of the namespace when the test ends (keep it bound, as `_clean`, until then).
 async fn private_namespace(
     url: &str,
     tag: &str,
-) -> (String, String, redis::aio::MultiplexedConnection) {
+) -> (String, String, redis::aio::MultiplexedConnection, Cleanup) {
     let ns = format!("agentic-test-{tag}-{:x}", fastrand::u64(..));
     let base = format!("agentic:{{{ns}}}:");
+    let clean = CleanupOnDrop::new((), {
+        let (url, base) = (url.to_owned(), base.clone());
+        move |_| delete_namespace(&url, &base)
+    });
     let client = redis::Client::open(url).expect("Redis URL");
     let raw = client
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    (ns, base, raw)
+    (ns, base, raw, clean)
 }
 
-/// A store on a private namespace (see [`private_namespace`]), with the namespace's key base
-/// and a raw connection.
+/// A store on a private namespace (see [`private_namespace`]), with the namespace's key base,
+/// a raw connection and the clean-up guard.
 async fn private_store(
     url: &str,
     tag: &str,
-) -> (RedisStore, String, redis::aio::MultiplexedConnection) {
-    let (ns, base, raw) = private_namespace(url, tag).await;
+) -> (
+    RedisStore,
+    String,
+    redis::aio::MultiplexedConnection,
+    Cleanup,
+) {
+    let (ns, base, raw, clean) = private_namespace(url, tag).await;
     let store = RedisStore::connect_with(RedisStoreConfig::new(url).namespace(&ns))
         .await
         .expect("connect the store");
-    (store, base, raw)
-}
-
-/// Deletes `keys` of a private namespace and the namespace's own keys.
-async fn clean_up(raw: &mut redis::aio::MultiplexedConnection, base: &str, keys: &[&str]) {
-    let all: Vec<String> = keys
-        .iter()
-        .chain(&["ver", "idx", "exp", "layout"])
-        .map(|k| format!("{base}{k}"))
-        .collect();
-    let _: () = redis::cmd("DEL")
-        .arg(all)
-        .query_async(raw)
-        .await
-        .expect("clean up");
+    (store, base, raw, clean)
 }
 
 mod with_watch {
@@ -126,7 +125,7 @@ mod without_watch {
 #[tokio::test]
 async fn values_in_the_earlier_layout_are_read_and_updated() {
     let Some(url) = url() else { return };
-    let (ns, base, mut raw) = private_namespace(&url, "layout").await;
+    let (ns, base, mut raw, _clean) = private_namespace(&url, "layout").await;
     // As the earlier release left them: the counter, a plain key and a key with a TTL.
     let _: () = redis::pipe()
         .cmd("SET")
@@ -255,13 +254,6 @@ async fn values_in_the_earlier_layout_are_read_and_updated() {
         .await
         .expect("re-create");
     assert!(again > v2, "re-created key got {again}, not above {v2}");
-
-    clean_up(
-        &mut raw,
-        &base,
-        &["n:plain", "v:plain", "n:timed", "v:timed"],
-    )
-    .await;
 }
 
 /// Puts made at the same time share one script call; a key that cannot be written (its
@@ -269,7 +261,7 @@ async fn values_in_the_earlier_layout_are_read_and_updated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
     let Some(url) = url() else { return };
-    let (ns, base, mut raw) = private_namespace(&url, "batch").await;
+    let (ns, base, mut raw, _clean) = private_namespace(&url, "batch").await;
     let _: () = redis::cmd("HSET")
         .arg(format!("{base}n:bad"))
         .arg("f")
@@ -315,13 +307,6 @@ async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
             .map(|v| v.value.len()),
         Some(64)
     );
-
-    let keys: Vec<String> = (0..32)
-        .flat_map(|i| [format!("n:good{i}"), format!("v:good{i}")])
-        .chain(["n:bad".to_owned()])
-        .collect();
-    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    clean_up(&mut raw, &base, &keys).await;
 }
 
 /// Unconditional puts to one key made at the same time share a transaction (values by
@@ -330,7 +315,7 @@ async fn a_bad_key_fails_only_its_own_put_in_a_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_plain_puts_to_one_key_keep_value_and_version_together() {
     let Some(url) = url() else { return };
-    let (store, base, mut raw) = private_store(&url, "hot").await;
+    let (store, _, _, _clean) = private_store(&url, "hot").await;
     let first = store
         .put("hot", b"start".to_vec(), PutOptions::new())
         .await
@@ -364,8 +349,6 @@ async fn concurrent_plain_puts_to_one_key_keep_value_and_version_together() {
         value,
         "the value left is the one of the put that got the highest version"
     );
-
-    clean_up(&mut raw, &base, &["n:hot", "v:hot"]).await;
 }
 
 /// Batched calls run on the runtime the store was connected on, so a caller on another
@@ -373,7 +356,7 @@ async fn concurrent_plain_puts_to_one_key_keep_value_and_version_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_on_another_runtime_is_served() {
     let Some(url) = url() else { return };
-    let (store, base, mut raw) = private_store(&url, "elsewhere").await;
+    let (store, _, _, _clean) = private_store(&url, "elsewhere").await;
     let other = store.clone();
     let (version, got) = tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -396,8 +379,6 @@ async fn a_caller_on_another_runtime_is_served() {
         (got.version, got.value.to_vec()),
         (version, b"from elsewhere".to_vec())
     );
-
-    clean_up(&mut raw, &base, &["n:k", "v:k"]).await;
 }
 
 /// In the transaction of unconditional puts the values are written before the versions; a
@@ -406,7 +387,7 @@ async fn a_caller_on_another_runtime_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_key_failing_after_the_values_are_written_stays_absent() {
     let Some(url) = url() else { return };
-    let (store, base, mut raw) = private_store(&url, "counter").await;
+    let (store, base, mut raw, _clean) = private_store(&url, "counter").await;
     let before = store
         .put("old", b"1".to_vec(), PutOptions::new())
         .await
@@ -446,8 +427,6 @@ async fn a_new_key_failing_after_the_values_are_written_stays_absent() {
         (old.version, old.value.to_vec()),
         (before + 1, b"2".to_vec())
     );
-
-    clean_up(&mut raw, &base, &["n:old", "v:old"]).await;
 }
 
 /// An unconditional put over a key with a TTL (its version is `t<digits>`, so the plain
@@ -457,7 +436,7 @@ async fn a_new_key_failing_after_the_values_are_written_stays_absent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_put_over_a_ttl_key_or_a_corrupt_version_takes_the_long_way() {
     let Some(url) = url() else { return };
-    let (store, base, mut raw) = private_store(&url, "ttl-then-plain").await;
+    let (store, base, mut raw, _clean) = private_store(&url, "ttl-then-plain").await;
     let with_ttl = store
         .put(
             "k",
@@ -513,8 +492,6 @@ async fn a_plain_put_over_a_ttl_key_or_a_corrupt_version_takes_the_long_way() {
         fresh, counter,
         "a fresh version comes from the namespace counter"
     );
-
-    clean_up(&mut raw, &base, &["n:k", "v:k"]).await;
 }
 
 /// A TCP proxy to Redis that can lose a reply: armed, it forwards the next request it gets
@@ -621,12 +598,7 @@ impl ReplyLoser {
 async fn a_write_whose_reply_is_lost_is_not_misreported() {
     let Some(url) = url() else { return };
     let proxy = ReplyLoser::start(&url).await;
-    let (ns, base, mut raw) = private_namespace(&url, "lost-reply").await;
-    // Every key of the namespace goes when the test ends, passed or failed.
-    let _clean = CleanupOnDrop::new((), {
-        let (url, base) = (url.clone(), base.clone());
-        move |_| delete_namespace(&url, &base)
-    });
+    let (ns, base, mut raw, _clean) = private_namespace(&url, "lost-reply").await;
     let store = RedisStore::connect_with(RedisStoreConfig::new(proxy.url()).namespace(&ns))
         .await
         .expect("connect the store");
