@@ -72,6 +72,15 @@ impl Held {
     }
 }
 
+/// The error for a lease longer than one parked lease can be (`MAX_DELAY`, a message TTL),
+/// from `dequeue` and `extend_lease` alike.
+pub(super) fn lease_too_long(lease: Duration) -> QueueError {
+    QueueError::InvalidJob(format!(
+        "a lease of {lease:?} is longer than this backend holds one ({MAX_DELAY:?}, a message \
+         TTL); take a shorter one and renew it with extend_lease"
+    ))
+}
+
 /// How far ahead of the broker's deadline the reaper parks a delivery.
 fn park_ahead(reap_interval: Duration) -> Duration {
     reap_interval
@@ -381,11 +390,7 @@ impl Inner {
                     ..lease.clone()
                 });
             }
-            Next::TooLong => {
-                return Err(QueueError::InvalidJob(format!(
-                    "a lease past the broker's consumer timeout is at most {MAX_DELAY:?} (a message TTL)"
-                )));
-            }
+            Next::TooLong => return Err(lease_too_long(lease_for)),
             Next::Expired(held) => {
                 if let Some(held) = held {
                     self.expire(&state, held).await;

@@ -1185,10 +1185,7 @@ impl TaskQueue for AmqpQueue {
         let inner = &self.inner;
         let state = inner.state(queue)?;
         if lease > MAX_DELAY {
-            return Err(QueueError::InvalidJob(format!(
-                "a lease of {lease:?} is longer than this backend holds one ({MAX_DELAY:?}, a \
-                 message TTL); take a shorter one and renew it with extend_lease"
-            )));
+            return Err(lease::lease_too_long(lease));
         }
         if max == 0 {
             return Ok(Vec::new());
